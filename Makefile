@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make run` (whole benchmark, synthetic default) and `make test`.
+# Both create and use a local virtual environment in .venv; nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= workflows/config/default.yaml
+CORES ?= all
+# The CPU build of PyTorch: an unpinned `torch` would pull a multi-GB CUDA build. GPU users: environment.yml.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2
+
+.PHONY: venv run test lint report clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=1 \
+		--configfile $(CONFIG) --keep-going --rerun-incomplete
+
+report: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
+
+test: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --lint --configfile $(CONFIG)
+
+clean:
+	rm -rf results/*/ results/report.html .snakemake

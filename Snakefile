@@ -1,0 +1,35 @@
+# Fuse4Seg benchmark workflow.
+#   snakemake --cores all --resources gpu=1                      # synthetic default (workflows/config/default.yaml)
+#   snakemake --cores all --resources gpu=1 --configfile workflows/config/paper.yaml
+# Rules are thin: each calls `python -m benchmark <command>`; the logic lives in the benchmark package.
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+from benchmark.workflow import Plan, validate_config
+
+min_version("8.0")
+
+
+configfile: "workflows/config/default.yaml"
+
+
+config = validate_config(config, workflow.source_path("workflows/schema/config.schema.yaml"))
+PLAN = Plan(config)
+RESULTS = PLAN.results
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/evaluate.smk"
+include: "workflows/rules/report.smk"
+
+
+report: "workflows/report/workflow.rst"
+
+
+rule all:
+    input:
+        rules.render.output,
+    default_target: True

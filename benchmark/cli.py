@@ -1,0 +1,189 @@
+"""Command line: ``python -m benchmark <command>`` (or ``fuse4seg-bench <command>``).
+
+Each Snakemake rule calls one of these commands; they are equally usable by hand. Heavy imports (torch)
+happen inside the commands so that ``--help`` and ``methods`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    """Write phantoms into a temporary folder, then move it into place and mark it complete."""
+    from .data import synthetic
+
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.kind == "brats":
+        synthetic.write_brats_phantoms(tmp, **args.options)
+    else:
+        synthetic.write_paired_phantoms(tmp, **args.options)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    (out / ".complete").write_text("phantoms written by `python -m benchmark synthesize`\n", encoding="utf-8")
+    print(f"wrote {args.kind} phantoms to {out}")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from .data.preprocess import preprocess_brats, preprocess_paired
+
+    s = dict(args.settings)
+    common = {"split_fractions": tuple(s["split_fractions"]), "seed": s["split_seed"]}
+    if s["kind"] == "brats":
+        paths = preprocess_brats(
+            s["raw"], args.out, modalities=tuple(s["modalities"]), slice_size=tuple(s["slice_size"]),
+            keep=s["keep"], workers=args.workers, **common,
+        )
+    else:
+        paths = preprocess_paired(
+            s["raw"], args.out, anatomical=s["anatomical"], functional=s["functional"], size=s["size"],
+            on_mismatch=s["on_mismatch"], **common,
+        )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.engines import train_run
+
+    run_cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    if args.device:
+        run_cfg["device"] = args.device
+    summary = train_run(run_cfg, Path(args.store), Path(args.out))
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_run
+
+    for path in evaluate_run(Path(args.run), Path(args.store), device=args.device):
+        print(f"wrote {path}")
+
+
+def cmd_fuse(args: argparse.Namespace) -> None:
+    from .inference import fuse_files
+
+    print(f"wrote {fuse_files(Path(args.run), Path(args.a), Path(args.b), Path(args.out), device=args.device)}")
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .inference import segment_case
+
+    print(f"wrote {segment_case(Path(args.run), Path(args.case), Path(args.out), device=args.device)}")
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from .render import render_all
+
+    runs = [Path(r) for r in args.runs] if args.runs else sorted(p.parent for p in Path(args.out).glob("*/*/seed*/run.json"))
+    for path in render_all(runs, Path(args.out)):
+        print(f"wrote {path}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    """List discovered methods; with --check also import each one, reporting failures by name."""
+    from .methods import discover_methods, load_method
+
+    found, problems = discover_methods()
+    failed = dict(problems)
+    for name, info in found.items():
+        status = ""
+        if args.check:
+            try:
+                load_method(name)
+                status = "imports"
+            except Exception as err:  # report and go on: one broken method must not hide the others
+                failed[name] = str(err)
+                status = "FAILED"
+        print(f"{name:20s} {info.kind:13s} {info.display_name:20s} {status}")
+    for name, why in failed.items():
+        print(f"problem: {name}: {why}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="Fuse4Seg benchmark suite: data, training, evaluation, inference and tables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("synthesize", help="write synthetic phantoms in a real dataset layout")
+    p.add_argument("--kind", choices=["brats", "paired"], required=True)
+    p.add_argument("--out", required=True, help="folder to create (replaced if present)")
+    p.add_argument("--options", type=_json_arg, default={}, help='phantom options as JSON, e.g. \'{"n_cases": 4}\'')
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("preprocess", help="raw dataset folder -> HDF5 slice stores and patient splits")
+    p.add_argument("--settings", type=_json_arg, required=True, help="dataset settings as JSON (see the workflow config)")
+    p.add_argument("--out", required=True, help="store folder ({train,val,test}.h5, splits.json)")
+    p.add_argument("--workers", type=int, default=2, help="parallel case readers (default 2)")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train one run from its resolved config (resumes if interrupted)")
+    p.add_argument("--config", required=True, help="run config JSON written by the workflow")
+    p.add_argument("--store", required=True, help="store folder of the dataset")
+    p.add_argument("--out", required=True, help="run folder (model.safetensors, run.json, train_log.csv)")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a trained run on the test split of its store")
+    p.add_argument("--run", required=True, help="run folder holding run.json and model.safetensors")
+    p.add_argument("--store", required=True, help="store folder of the dataset")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fuse", help="fuse one image pair with a trained run (the 'glass-box' image)")
+    p.add_argument("--run", required=True, help="run folder of a fusion or joint method")
+    p.add_argument("--a", required=True, help="anatomical image (PNG/JPEG, gray or RGB)")
+    p.add_argument("--b", required=True, help="second image; colour is fused on Y and rebuilt with its Cb/Cr")
+    p.add_argument("--out", required=True, help="fused image file (PNG)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("segment", help="segment one BraTS case folder into a NIfTI label map")
+    p.add_argument("--run", required=True, help="run folder of a BraTS run")
+    p.add_argument("--case", required=True, help="case folder with the modality NIfTI files")
+    p.add_argument("--out", required=True, help="output .nii.gz (original geometry and label values)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("render", help="Tables 1-3 (CSV/Markdown/LaTeX, beside the paper) and figures")
+    p.add_argument("--out", default="results", help="results root; tables/ and figures/ are written here")
+    p.add_argument("--runs", nargs="*", help="run folders (default: every */*/seed*/run.json under --out)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("methods", help="list the method plugins found in methods/")
+    p.add_argument("--check", action="store_true", help="also import each method and report failures")
+    p.set_defaults(func=cmd_methods)
+
+    from metrics.cli import add_parser as add_metrics_parser
+
+    add_metrics_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

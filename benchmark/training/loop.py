@@ -1,0 +1,213 @@
+"""The epoch loop every engine shares: stages, cosine schedules, AMP, EMA, logs, resumable checkpoints.
+
+An engine describes its training as a list of ``Stage`` objects (e.g. follower warm-up, then bi-level
+rollout). ``run_stages`` runs them epoch by epoch, writes one CSV row per epoch and a resumable checkpoint
+after every epoch. Each epoch re-seeds the random generators from ``(seed, epoch)``, so an interrupted run
+resumed from its last checkpoint follows exactly the path of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without one is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
+    """Mixed precision on CUDA only; CPU runs stay in float32 so that results are exactly reproducible."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+
+
+def cosine_lr(base_lr: float, epoch: int, total: int, min_factor: float = 0.01) -> float:
+    """Cosine annealing from ``base_lr`` to ``min_factor * base_lr`` over ``total`` epochs."""
+    if total <= 1:
+        return base_lr
+    progress = epoch / (total - 1)
+    return base_lr * (min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers (paper Eq. 4)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self.shadow)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key in self.shadow:
+            self.shadow[key].copy_(state[key])
+
+
+def clip_and_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | None, scaler=None) -> None:
+    """Backward, optional gradient clipping (by global norm), optimiser step; AMP scaler aware."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+@dataclass
+class Stage:
+    """``epochs`` calls of ``run_epoch(epoch_in_stage, n_epochs) -> dict of mean losses``."""
+
+    name: str
+    epochs: int
+    run_epoch: Callable[[int, int], dict[str, float]]
+
+
+@dataclass
+class TrainState:
+    """Everything that a checkpoint must restore: modules, optimisers, EMA shadows."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    emas: dict[str, EMA] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "emas": {k: e.state_dict() for k, e in self.emas.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, e in self.emas.items():
+            e.load_state_dict({n: t.to(device) for n, t in state["emas"][k].items()})
+
+
+class EpochLog:
+    """Per-epoch CSV log (columns grow as stages add losses) and optional TensorBoard scalars."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]] | None = None):
+        self.path = Path(path)
+        self.rows = list(rows or [])
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"))
+        except Exception:  # TensorBoard is optional
+            self._tb = None
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [c for c in r if c not in columns]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+        if self._tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._tb.add_scalar(f"{row['stage']}/{key}", value, row["epoch"])
+            self._tb.flush()
+
+
+def run_stages(
+    stages: list[Stage],
+    state: TrainState,
+    work_dir: Path,
+    seed: int,
+    device: torch.device,
+    *,
+    stop_after_epochs: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run ``stages`` with a checkpoint after each epoch in ``work_dir``; resume from one if present.
+
+    ``stop_after_epochs`` ends the run early (after that many global epochs) as an interruption would;
+    tests use it to check that resuming reproduces an uninterrupted run.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = work_dir / "last.safetensors"
+    start, rows = 0, []
+    if ckpt.is_file():
+        saved, meta = load_checkpoint(ckpt, map_location=str(device))
+        state.load_state_dict(saved, device)
+        start, rows = meta["next_epoch"], meta["log"]
+        progress(f"resuming from {ckpt} at epoch {start}")
+    log = EpochLog(work_dir.parent / "train_log.csv", rows)
+    total = sum(s.epochs for s in stages)
+    epoch = 0
+    for stage in stages:
+        for local in range(stage.epochs):
+            if epoch >= start:
+                if stop_after_epochs is not None and epoch >= stop_after_epochs:
+                    return log.rows
+                seed_everything(seed * 100_003 + epoch)
+                t0 = time.perf_counter()
+                losses = stage.run_epoch(local, stage.epochs)
+                row = {"epoch": epoch, "stage": stage.name, **losses, "seconds": round(time.perf_counter() - t0, 3)}
+                log.append(row)
+                save_checkpoint(ckpt, state.state_dict(), {"next_epoch": epoch + 1, "log": log.rows})
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if isinstance(v, float))
+                progress(f"[{stage.name}] epoch {epoch + 1}/{total}: {shown} ({row['seconds']:.1f}s)")
+            epoch += 1
+    return log.rows

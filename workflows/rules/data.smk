@@ -1,0 +1,43 @@
+# Raw folders (or synthetic phantoms written in the real layouts) -> HDF5 slice stores + patient splits.
+
+
+rule synthesize:
+    output:
+        f"{RESULTS}/raw/{{dataset}}/.complete",
+    params:
+        kind=lambda w: PLAN.dataset_kind(w.dataset),
+        options=lambda w: as_json(PLAN.datasets[w.dataset]["synthetic"]),
+        root=lambda w: f"{RESULTS}/raw/{w.dataset}",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/synthesize.log",
+    shell:
+        "python -m benchmark synthesize --kind {params.kind} --out {params.root} "
+        "--options '{params.options}' > {log} 2>&1"
+
+
+def raw_input(wildcards):
+    """Synthetic datasets depend on their phantoms; real folders are read in place."""
+    if PLAN.datasets[wildcards.dataset]["source"] == "synthetic":
+        return rules.synthesize.output[0].format(dataset=wildcards.dataset)
+    return []
+
+
+rule preprocess:
+    input:
+        raw_input,
+    output:
+        train=f"{RESULTS}/{{dataset}}/store/train.h5",
+        val=f"{RESULTS}/{{dataset}}/store/val.h5",
+        test=f"{RESULTS}/{{dataset}}/store/test.h5",
+        splits=f"{RESULTS}/{{dataset}}/store/splits.json",
+    params:
+        settings=lambda w: as_json(PLAN.preprocess_settings(w.dataset)),
+        out=lambda w: f"{RESULTS}/{w.dataset}/store",
+    threads: config["preprocess"]["workers"]
+    log:
+        f"{RESULTS}/logs/{{dataset}}/preprocess.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/preprocess.tsv"
+    shell:
+        "python -m benchmark preprocess --settings '{params.settings}' --out {params.out} "
+        "--workers {threads} > {log} 2>&1"
