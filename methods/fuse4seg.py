@@ -32,6 +32,8 @@ class Method(JointMethod):
         "encoder_blocks": 4,
         "decoder_blocks": 4,
         "inn_nodes": 3,
+        "fusion_inn_nodes": 1,
+        "inn_haar": False,
         "bilevel": True,
         "w_seg": 1.0,
         "w_dec": 2.0,
@@ -56,6 +58,8 @@ class Method(JointMethod):
             encoder_blocks=h["encoder_blocks"],
             decoder_blocks=h["decoder_blocks"],
             inn_nodes=h["inn_nodes"],
+            fusion_inn_nodes=h["fusion_inn_nodes"],
+            inn_haar=h["inn_haar"],
         )
 
     def physical_loss(self, out, a, b):

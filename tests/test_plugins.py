@@ -1,0 +1,144 @@
+"""Method discovery (no imports), loading, and how new or broken method files join the plan."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.methods import MethodError, discover_methods, load_method, read_method_info
+from benchmark.workflow import ConfigError, Plan, validate_config
+
+from conftest import DEFAULT_CONFIG, REPO, SCHEMA
+
+GOOD = textwrap.dedent(
+    '''
+    import torch
+    from benchmark.methods import FusionMethod
+
+    class Max(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.maximum(a, b)
+
+    class Method(FusionMethod):
+        kind = "fusion"
+        display_name = "Max"
+        hyperparameters = {}
+        trainable = False
+
+        def build(self):
+            return Max()
+    '''
+)
+
+
+@pytest.fixture
+def methods_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "methods"
+    d.mkdir()
+    shutil.copy(REPO / "methods" / "average.py", d / "average.py")
+    shutil.copy(REPO / "methods" / "_template.py", d / "_template.py")
+    return d
+
+
+def default_config() -> dict:
+    return validate_config(yaml.safe_load(DEFAULT_CONFIG.read_text()), SCHEMA)
+
+
+def test_discovery_reads_literals_without_importing(methods_dir: Path):
+    (methods_dir / "needs_missing_lib.py").write_text(
+        "import a_module_that_does_not_exist\n" + GOOD.replace('"Max"', '"Needs"')
+    )
+    found, problems = discover_methods(methods_dir)
+    assert set(found) == {"average", "needs_missing_lib"}  # _template is skipped, imports are not run
+    assert problems == {}
+    assert found["needs_missing_lib"].kind == "fusion"
+
+
+def test_broken_files_are_reported_by_name_and_do_not_stop_others(methods_dir: Path):
+    (methods_dir / "syntax.py").write_text("class Method(:\n")
+    (methods_dir / "badkind.py").write_text("class Method:\n    kind = 'magic'\n")
+    (methods_dir / "nonliteral.py").write_text("X = 1\nclass Method:\n    kind = 'fusion'\n    hyperparameters = {'a': X}\n")
+    found, problems = discover_methods(methods_dir)
+    assert set(found) == {"average"}
+    assert "syntax error" in problems["syntax"] and "syntax.py" in problems["syntax"]
+    assert "kind must be one of" in problems["badkind"]
+    assert "must be a Python literal" in problems["nonliteral"]
+
+
+def test_import_failure_is_a_method_error_naming_the_file(methods_dir: Path):
+    (methods_dir / "needs_missing_lib.py").write_text("import a_module_that_does_not_exist\n" + GOOD)
+    with pytest.raises(MethodError, match="needs_missing_lib.py: failed to import"):
+        load_method("needs_missing_lib", methods_dir=methods_dir)
+    assert load_method("average", methods_dir=methods_dir).hparams == {}
+
+
+def test_unknown_hyperparameter_is_rejected():
+    with pytest.raises(MethodError, match="unknown hyper-parameters"):
+        load_method("fuse4seg", {"not_a_setting": 1})
+
+
+def test_test_config_must_name_known_hyperparameters(tmp_path: Path):
+    path = tmp_path / "m.py"
+    path.write_text("class Method:\n    kind = 'fusion'\n    hyperparameters = {'a': 1}\n    test_config = {'b': 2}\n")
+    with pytest.raises(MethodError, match="unknown hyper-parameters"):
+        read_method_info(path)
+
+
+def test_new_method_file_joins_the_plan_with_no_other_edit(methods_dir: Path):
+    config = default_config()
+    before = Plan(config, methods_dir)
+    (methods_dir / "maxfuse.py").write_text(GOOD)
+    after = Plan(config, methods_dir)
+    new = {(r.dataset, r.run) for r in after.runs} - {(r.dataset, r.run) for r in before.runs}
+    assert new == {(d, "maxfuse") for d in config["datasets"]}
+
+
+def test_plan_of_default_config_has_ablations_only_on_brats():
+    plan = Plan(default_config())
+    runs = {(r.dataset, r.run) for r in plan.runs}
+    for variant in ("baseline", "variant_a", "variant_b"):
+        assert ("brats", f"fuse4seg-{variant}") in runs
+        assert ("harvard_mri_spect", f"fuse4seg-{variant}") not in runs
+    spec = plan.find("brats", "fuse4seg-variant_b", 0)
+    cfg = plan.run_config(spec)
+    assert cfg["hparams"]["w_grad"] == 0.0 and cfg["hparams"]["w_dec"] == 2.0
+    assert cfg["hparams"]["dim"] == 8  # method_scale: test applies the tiny test_config
+    assert cfg["info"]["ablation_label"] == "Variant B"
+    assert plan.run_config(plan.find("brats", "average", 0))["info"]["ablation_label"] is None
+
+
+def test_config_validation_fills_defaults_and_names_bad_keys():
+    config = default_config()
+    assert config["datasets"]["brats"]["split_fractions"] == [0.6, 0.2, 0.2]
+    assert config["training"]["grad_clip"] == 1.0
+    bad = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    bad["training"]["batch_size"] = 1
+    bad["datasets"]["brats"]["keep"] = "everything"
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, SCHEMA)
+    assert "training.batch_size" in str(err.value) and "datasets.brats.keep" in str(err.value)
+
+
+def test_unset_environment_variable_in_a_path_is_an_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_ROOT", raising=False)
+    config = default_config()
+    config["datasets"]["brats"].update(source="folder", path="${NO_SUCH_ROOT}/brats")
+    plan = Plan(config)
+    with pytest.raises(ConfigError, match="datasets.brats.path.*NO_SUCH_ROOT"):
+        plan.raw_dir("brats")
+
+
+def test_cli_help_and_methods_listing():
+    out = subprocess.run([sys.executable, "-m", "benchmark", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0
+    for command in ("preprocess", "train", "evaluate", "fuse", "segment", "metrics", "render", "methods"):
+        assert command in out.stdout
+    out = subprocess.run([sys.executable, "-m", "benchmark", "methods", "--check"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "average" in out.stdout and "fuse4seg" in out.stdout
