@@ -1,0 +1,27 @@
+"""Tables 1-3 beside the paper's numbers, and the figures, from run directories `results/<dataset>/<run>/seed<k>/`.
+
+`render_all` is what the workflow's render rule and `python -m benchmark render` call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from .figures import render_figures
+from .runs import RunRecord, collect_runs
+from .tables import render_tables
+
+__all__ = ["RunRecord", "collect_runs", "render_all"]
+
+
+def render_all(run_dirs: Iterable[str | Path], out_dir: str | Path, *,
+               reference_method: str | None = None) -> list[Path]:
+    """Write `out_dir/tables/*` and `out_dir/figures/*` and return the written paths.
+
+    `reference_method` is the method the Wilcoxon tests compare against (default: the first joint main run).
+    """
+    records = collect_runs(run_dirs)
+    out_dir = Path(out_dir)
+    return (render_tables(records, out_dir / "tables", reference=reference_method)
+            + render_figures(records, out_dir / "figures", reference=reference_method))
