@@ -152,6 +152,7 @@ class Plan:
             "training": deep_merge(self.config["training"], ds.get("training", {})),
             "follower": dict(self.config["follower"]),
             "evaluation": dict(self.config["evaluation"]),
+            "data": {k: v for k, v in self.preprocess_settings(spec.dataset).items() if k not in ("raw", "synthetic")},
             "info": {
                 "method": spec.method,
                 "variant": spec.variant,

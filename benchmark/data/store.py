@@ -207,10 +207,17 @@ def reassemble_volume(store_path: Path | str, patient: str,
             raise DataError(f"{store_path}: no geometry for patient {patient!r}")
         geometry = f["geometry"][patient].attrs
         shape, affine, crop = tuple(geometry["shape"].tolist()), geometry["affine"], geometry["crop"].tolist()
-        H, W = (int(v) for v in f.attrs["slice_size"])
+        size = tuple(int(v) for v in f.attrs["slice_size"])
+    return place_slices(shape, crop, size, slice_predictions), affine
+
+
+def place_slices(shape: Sequence[int], crop: Sequence[int], slice_size: Sequence[int],
+                 slice_predictions: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Inverse of the slicing window: (H, W) slices at axial indices -> an (X, Y, Z) volume of ``shape``."""
+    H, W = slice_size
     predictions = {int(z): np.asarray(p) for z, p in slice_predictions.items()}
     dtype = np.result_type(*predictions.values()) if predictions else np.uint8
-    volume = np.zeros(shape, dtype)
+    volume = np.zeros(tuple(shape), dtype)
     (sx, dx), (sy, dy) = overlap(crop[0], H, shape[0]), overlap(crop[1], W, shape[1])
     for z, prediction in predictions.items():
         if prediction.shape != (H, W):
@@ -218,4 +225,4 @@ def reassemble_volume(store_path: Path | str, patient: str,
         if not 0 <= z < shape[2]:
             raise ValueError(f"slice index {z} outside the volume's {shape[2]} axial slices")
         volume[sx, sy, z] = prediction[dx, dy]
-    return volume, affine
+    return volume

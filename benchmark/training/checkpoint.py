@@ -50,7 +50,8 @@ def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and move the result into place, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The temporary name keeps the real suffixes (".nii.gz", ".png") for writers that infer the format.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

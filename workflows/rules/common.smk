@@ -1,5 +1,6 @@
 # Helpers shared by the rule files; everything else lives in benchmark.workflow.
 import json
+import os
 
 
 localrules:
@@ -15,6 +16,7 @@ wildcard_constraints:
 
 BRATS = PLAN.datasets_of_kind("brats")
 PAIRED = PLAN.datasets_of_kind("paired")
+ENV = "../envs/benchmark.yaml"
 
 
 def one_of(names):
@@ -30,5 +32,21 @@ def store_files(dataset):
     return expand(f"{RESULTS}/{dataset}/store/{{split}}.h5", split=["train", "val", "test"])
 
 
-def run_dirs(datasets):
-    return [f"{RESULTS}/{spec.path}" for spec in PLAN.runs if spec.dataset in datasets]
+def raw_input(wildcards):
+    """Synthetic datasets depend on their phantoms; real folders are read in place."""
+    if PLAN.datasets[wildcards.dataset]["source"] == "synthetic":
+        return f"{RESULTS}/raw/{wildcards.dataset}/.complete"
+    return []
+
+
+def render_inputs(wildcards):
+    """Scores and example arrays of every planned run."""
+    files = []
+    for spec in PLAN.runs:
+        run_dir = f"{RESULTS}/{spec.path}"
+        scores = "seg_scores.csv" if PLAN.dataset_kind(spec.dataset) == "brats" else "fusion_scores.csv"
+        files += [f"{run_dir}/{scores}", f"{run_dir}/examples.npz"]
+    return files
+
+
+TABLES = ["table1_segmentation", "table2_fusion", "table3_ablation"]

@@ -10,16 +10,11 @@ rule synthesize:
         root=lambda w: f"{RESULTS}/raw/{w.dataset}",
     log:
         f"{RESULTS}/logs/{{dataset}}/synthesize.log",
+    conda:
+        ENV
     shell:
         "python -m benchmark synthesize --kind {params.kind} --out {params.root} "
-        "--options '{params.options}' > {log} 2>&1"
-
-
-def raw_input(wildcards):
-    """Synthetic datasets depend on their phantoms; real folders are read in place."""
-    if PLAN.datasets[wildcards.dataset]["source"] == "synthetic":
-        return rules.synthesize.output[0].format(dataset=wildcards.dataset)
-    return []
+        "--options {params.options:q} > {log} 2>&1"
 
 
 rule preprocess:
@@ -36,8 +31,10 @@ rule preprocess:
     threads: config["preprocess"]["workers"]
     log:
         f"{RESULTS}/logs/{{dataset}}/preprocess.log",
+    conda:
+        ENV
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/preprocess.tsv"
     shell:
-        "python -m benchmark preprocess --settings '{params.settings}' --out {params.out} "
+        "python -m benchmark preprocess --settings {params.settings:q} --out {params.out} "
         "--workers {threads} > {log} 2>&1"

@@ -19,6 +19,8 @@ rule evaluate_segmentation:
         gpu=1,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{run}}/seed{{seed}}/evaluate.log",
+    conda:
+        ENV
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/{{run}}/seed{{seed}}/evaluate.tsv"
     shell:

@@ -2,25 +2,21 @@
 # `snakemake --report results/report.html` then bundles them with their captions.
 
 
-def render_inputs(wildcards):
-    files = []
-    for spec in PLAN.runs:
-        run_dir = f"{RESULTS}/{spec.path}"
-        scores = "seg_scores.csv" if PLAN.dataset_kind(spec.dataset) == "brats" else "fusion_scores.csv"
-        files += [f"{run_dir}/{scores}", f"{run_dir}/examples.npz"]
-    return files
-
-
 rule render:
     input:
         render_inputs,
     output:
-        tables=report(
-            directory(f"{RESULTS}/tables"),
-            patterns=["{name}.md"],
+        csv=expand(f"{RESULTS}/tables/{{table}}.csv", table=TABLES),
+        tex=expand(f"{RESULTS}/tables/{{table}}.tex", table=TABLES),
+        table1=report(f"{RESULTS}/tables/table1_segmentation.md", caption="../report/table1.rst", category="Tables"),
+        table2=report(f"{RESULTS}/tables/table2_fusion.md", caption="../report/table2.rst", category="Tables"),
+        table3=report(f"{RESULTS}/tables/table3_ablation.md", caption="../report/table3.rst", category="Tables"),
+        vs_paper=report(
+            expand(f"{RESULTS}/tables/{{table}}_vs_paper.md", table=TABLES),
             caption="../report/tables.rst",
-            category="Tables",
+            category="Beside the paper",
         ),
+        vs_paper_csv=expand(f"{RESULTS}/tables/{{table}}_vs_paper.csv", table=TABLES),
         figures=report(
             directory(f"{RESULTS}/figures"),
             patterns=["{name}.png"],
@@ -28,8 +24,11 @@ rule render:
             category="Figures",
         ),
     params:
+        results=lambda w, output: os.path.dirname(output.figures),
         runs=[f"{RESULTS}/{spec.path}" for spec in PLAN.runs],
     log:
         f"{RESULTS}/logs/render.log",
+    conda:
+        ENV
     shell:
-        "python -m benchmark render --out {RESULTS} --runs {params.runs} > {log} 2>&1"
+        "python -m benchmark render --out {params.results} --runs {params.runs} > {log} 2>&1"

@@ -29,6 +29,8 @@ rule train:
         gpu=1,
     log:
         f"{RESULTS}/logs/{{dataset}}/{{run}}/seed{{seed}}/train.log",
+    conda:
+        ENV
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/{{run}}/seed{{seed}}/train.tsv"
     shell:
