@@ -153,7 +153,16 @@ class EpochLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        columns: list[str] = []
+        self.write()
+        if self._tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._tb.add_scalar(f"{row['stage']}/{key}", value, row["epoch"])
+            self._tb.flush()
+
+    def write(self) -> None:
+        """Rewrite the CSV (a header alone for runs without training, e.g. a parameter-free fusion)."""
+        columns: list[str] = ["epoch", "stage"]
         for r in self.rows:
             columns += [c for c in r if c not in columns]
         tmp = self.path.with_suffix(".csv.tmp")
@@ -162,11 +171,6 @@ class EpochLog:
             writer.writeheader()
             writer.writerows(self.rows)
         tmp.replace(self.path)
-        if self._tb is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self._tb.add_scalar(f"{row['stage']}/{key}", value, row["epoch"])
-            self._tb.flush()
 
 
 def run_stages(
@@ -194,6 +198,7 @@ def run_stages(
         start, rows = meta["next_epoch"], meta["log"]
         progress(f"resuming from {ckpt} at epoch {start}")
     log = EpochLog(work_dir.parent / "train_log.csv", rows)
+    log.write()
     total = sum(s.epochs for s in stages)
     epoch = 0
     for stage in stages:
