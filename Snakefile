@@ -2,7 +2,7 @@
 #   snakemake --cores all --resources gpu=1                      # synthetic default (workflows/config/default.yaml)
 #   snakemake --cores all --resources gpu=1 --configfile workflows/config/paper.yaml
 # Rules are thin: each calls `python -m benchmark <command>`; the logic lives in the benchmark package.
-from pathlib import Path
+import os
 
 from snakemake.utils import min_version
 
@@ -11,10 +11,15 @@ from benchmark.workflow import Plan, validate_config
 min_version("8.0")
 
 
-configfile: "workflows/config/default.yaml"
+# The synthetic default applies only when no --configfile is given: Snakemake would otherwise merge it
+# key by key into the user's file (e.g. the default's datasets would join those of paper.yaml).
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "workflows/config/default.yaml")
 
 
-config = validate_config(config, workflow.source_path("workflows/schema/config.schema.yaml"))
+
+config = validate_config(config, os.path.join(workflow.basedir, "workflows/schema/config.schema.yaml"))
 PLAN = Plan(config)
 RESULTS = PLAN.results
 

@@ -59,9 +59,17 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         print(f"{name}: {path}")
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from .training.engines import train_run
 
+    _set_threads(args)
     run_cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
     if args.device:
         run_cfg["device"] = args.device
@@ -72,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
 
+    _set_threads(args)
     for path in evaluate_run(Path(args.run), Path(args.store), device=args.device):
         print(f"wrote {path}")
 
@@ -142,12 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="store folder of the dataset")
     p.add_argument("--out", required=True, help="run folder (model.safetensors, run.json, train_log.csv)")
     p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a trained run on the test split of its store")
     p.add_argument("--run", required=True, help="run folder holding run.json and model.safetensors")
     p.add_argument("--store", required=True, help="store folder of the dataset")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fuse", help="fuse one image pair with a trained run (the 'glass-box' image)")

@@ -259,13 +259,17 @@ def train_run(
             state = TrainState(modules, {"leader": opt_l, "follower": opt_f})
             if engine.method.bilevel:
                 ema = EMA(leader, train.ema_decay)
-                state.emas["leader"] = ema
                 stages = [
+                    # The paper leaves the leader's initialisation open; a random leader emits noise that the
+                    # warmed-up follower cannot read, so ours first learns the physical losses alone
+                    # (``fusion_epochs``; 0 = start stage 2 from the random leader).
+                    engine.fusion_stage("leader_pretrain", leader, physical, opt_l, train.fusion_epochs, train.leader_lr),
                     engine.segmentation_stage(
                         "warmup", follower, lambda b: _average_prior(b, device), opt_f, train.warmup_epochs
                     ),
                     _bilevel_stage(engine, leader, follower, opt_l, opt_f, ema),
                 ]
+                state.emas["leader"] = ema
             else:
                 # Disjoint baseline: the leader learns from the physical losses alone, then the follower
                 # learns on its frozen output with the same budget as every other disjoint pipeline.
@@ -287,44 +291,56 @@ def train_run(
     return engine.finish(modules, rows)
 
 
+def bilevel_iteration(engine: Engine, leader, follower, opt_l, opt_f, a, b, target, tr, val) -> dict[str, float]:
+    """One outer iteration of Algorithm 1 on a batch split at patient level into ``tr`` and ``val``.
+
+    Inner loop: K follower steps on D_tr with the leader frozen. Outer step: one leader step on D_val,
+    the segmentation loss back-propagated through the just-adapted, frozen follower plus the physical
+    regularisers. The follower never sees D_val's labels; the leader's gradient comes from D_val alone.
+    """
+    train, device = engine.train, engine.device
+    tr = torch.as_tensor(tr, device=device)
+    val = torch.as_tensor(val, device=device)
+    leader.eval()
+    with torch.no_grad(), autocast(device, train.amp, train.amp_dtype):
+        fused_tr = leader(a[tr], b[tr]).fused.float()
+    follower.train()
+    for _ in range(train.inner_steps):
+        with autocast(device, train.amp, train.amp_dtype):
+            inner = engine.seg_loss(follower(fused_tr), target[tr])
+        engine.step(inner, opt_f, follower)
+    leader.train()
+    follower.eval()
+    follower.requires_grad_(False)
+    try:
+        with autocast(device, train.amp, train.amp_dtype):
+            out = leader(a[val], b[val])
+            seg = engine.seg_loss(follower(out.fused), target[val])
+            physical, parts = engine.method.physical_loss(out, a[val], b[val])
+            total = engine.method.hparams["w_seg"] * seg + physical
+        engine.step(total, opt_l, leader)
+    finally:
+        follower.requires_grad_(True)
+    return {"inner_seg_loss": inner.item(), "outer_seg_loss": seg.item(), "leader_loss": total.item(), **parts}
+
+
 def _bilevel_stage(engine: Engine, leader, follower, opt_l, opt_f, ema: EMA) -> Stage:
     """Stage 2 of Algorithm 1: per batch, K follower steps on D_tr, then one leader step on D_val."""
     train, device = engine.train, engine.device
-    method = engine.method
 
     def run_epoch(local: int, total: int) -> dict[str, float]:
         set_lr(opt_l, cosine_lr(train.leader_lr, local, total))
         set_lr(opt_f, cosine_lr(train.follower_lr, local, total))
+        if local == 0:
+            ema.reset(leader)  # average the bi-level leader, not its pre-training trajectory
         mean = _Mean()
         generator = torch.Generator().manual_seed(engine.seed * 7919 + local)
         for batch in engine.patient_loader(3000 + local):
             tr, val = partition_by_patient(batch["patient"], train.val_fraction, generator=generator)
             a, b = _sources(batch, device)
             target = batch["label"].to(device)
-            tr_i = torch.as_tensor(tr, device=device)
-            val_i = torch.as_tensor(val, device=device)
-            # Inner loop: the follower adapts to the current (frozen) leader on D_tr.
-            leader.eval()
-            with torch.no_grad(), autocast(device, train.amp, train.amp_dtype):
-                fused_tr = leader(a[tr_i], b[tr_i]).fused.float()
-            follower.train()
-            for _ in range(train.inner_steps):
-                with autocast(device, train.amp, train.amp_dtype):
-                    inner = engine.seg_loss(follower(fused_tr), target[tr_i])
-                engine.step(inner, opt_f, follower)
-            # Outer step: the leader learns on D_val through the frozen, just-adapted follower.
-            leader.train()
-            follower.eval()
-            follower.requires_grad_(False)
-            with autocast(device, train.amp, train.amp_dtype):
-                out = leader(a[val_i], b[val_i])
-                seg = engine.seg_loss(follower(out.fused), target[val_i])
-                physical, parts = method.physical_loss(out, a[val_i], b[val_i])
-                total_loss = method.hparams["w_seg"] * seg + physical
-            engine.step(total_loss, opt_l, leader)
-            follower.requires_grad_(True)
+            mean.add(bilevel_iteration(engine, leader, follower, opt_l, opt_f, a, b, target, tr, val))
             ema.update(leader)
-            mean.add({"inner_seg_loss": inner.item(), "outer_seg_loss": seg.item(), "leader_loss": total_loss.item(), **parts})
         return {**mean.result(), "lr": opt_l.param_groups[0]["lr"]}
 
     return Stage("bilevel", train.bilevel_epochs, run_epoch)

@@ -69,6 +69,12 @@ class EMA:
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
     @torch.no_grad()
+    def reset(self, module: torch.nn.Module) -> None:
+        """Restart the average at the module's current weights (e.g. when the averaged stage begins)."""
+        for key, value in module.state_dict().items():
+            self.shadow[key].copy_(value)
+
+    @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
         for key, value in module.state_dict().items():
             if value.dtype.is_floating_point:

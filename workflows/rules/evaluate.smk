@@ -15,6 +15,7 @@ rule evaluate_segmentation:
     params:
         store=lambda w: f"{RESULTS}/{w.dataset}/store",
         run=lambda w: f"{RESULTS}/{w.dataset}/{w.run}/seed{w.seed}",
+    threads: config["threads_per_job"]
     resources:
         gpu=1,
     log:
@@ -24,7 +25,7 @@ rule evaluate_segmentation:
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/{{run}}/seed{{seed}}/evaluate.tsv"
     shell:
-        "python -m benchmark evaluate --run {params.run} --store {params.store} > {log} 2>&1"
+        "python -m benchmark evaluate --run {params.run} --store {params.store} --threads {threads} > {log} 2>&1"
 
 
 use rule evaluate_segmentation as evaluate_fusion with:

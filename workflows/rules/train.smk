@@ -25,6 +25,7 @@ rule train:
     params:
         store=lambda w: f"{RESULTS}/{w.dataset}/store",
         out=lambda w: f"{RESULTS}/{w.dataset}/{w.run}/seed{w.seed}",
+    threads: config["threads_per_job"]
     resources:
         gpu=1,
     log:
@@ -34,4 +35,4 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/{{run}}/seed{{seed}}/train.tsv"
     shell:
-        "python -m benchmark train --config {input.config} --store {params.store} --out {params.out} > {log} 2>&1"
+        "python -m benchmark train --config {input.config} --store {params.store} --out {params.out} --threads {threads} > {log} 2>&1"
