@@ -21,11 +21,12 @@ from tqdm import tqdm
 from .data.colour import rebuild_rgb
 from .data.store import SliceDataset
 from .trained import TrainedRun
-from .training.checkpoint import atomic_write_bytes, write_json
+from .atomic import write_atomic
+from .training.checkpoint import write_json
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    atomic_write_bytes(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.17g"))
+    write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.17g"))
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -33,7 +34,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
 
-    atomic_write_bytes(path, write)
+    write_atomic(path, write)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -127,7 +128,7 @@ def _write_fused_pngs(folder: Path, res: dict[str, Any]) -> list[Path]:
     for i, name in enumerate(res["name"]):
         image = Image.fromarray(to_uint8(rgb[i]) if rgb is not None else to_uint8(res["fused"][i]))
         path = folder / f"{name}.png"
-        atomic_write_bytes(path, lambda tmp: image.save(tmp, format="PNG"))
+        write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
         paths.append(path)
     return paths
 

@@ -20,7 +20,7 @@ from .data.paired import read_image
 from .data.store import place_slices
 from .evaluate import to_uint8
 from .trained import TrainedRun
-from .training.checkpoint import atomic_write_bytes
+from .atomic import write_atomic
 
 
 def _luminance(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -43,7 +43,7 @@ def fuse_files(run_dir: Path, a_path: Path, b_path: Path, out_path: Path, device
     fused = run.fuse(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])[0, 0].cpu().numpy()
     pixels = to_uint8(rebuild_rgb(fused, chroma) if chroma is not None else fused)
     out_path = Path(out_path)
-    atomic_write_bytes(out_path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    write_atomic(out_path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
     return out_path
 
 
@@ -67,5 +67,5 @@ def segment_case(run_dir: Path, case_dir: Path, out_path: Path, device: str = "a
     out_path = Path(out_path)
     image = nib.Nifti1Image(labels, slices.affine)
     image.set_data_dtype(np.uint8)
-    atomic_write_bytes(out_path, lambda tmp: nib.save(image, tmp))
+    write_atomic(out_path, lambda tmp: nib.save(image, tmp))
     return out_path

@@ -4,15 +4,8 @@ Submodules: ``brats`` / ``paired`` (readers), ``colour`` (YCbCr), ``synthetic`` 
 (HDF5 stores), ``splits`` (patient-level splits), ``preprocess`` (raw folder -> stores). Importing this
 package stays cheap (no torch) so readers can be used on their own.
 """
-import os
-import uuid
-from pathlib import Path
 
 
 class DataError(ValueError):
     """Bad or inconsistent input data; the message names the file (or case) and the problem."""
 
-
-def partial_path(path: Path) -> Path:
-    """Unique temporary name beside ``path`` (same file system, so ``os.replace`` onto ``path`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")

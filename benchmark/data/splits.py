@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from . import DataError, partial_path
+from ..atomic import partial_path
+from . import DataError
 
 SPLITS = ("train", "val", "test")
 

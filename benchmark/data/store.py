@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import DataError, partial_path
+from ..atomic import partial_path
+from . import DataError
 from .window import overlap
 
 STRING = h5py.string_dtype("utf-8")

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from .files import write_atomic
+from ..atomic import write_atomic
 from .runs import RunRecord, group_runs, reference_method, table1_sort_key
 
 MAX_SLICES = 4
@@ -40,7 +40,7 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
         fig.set_layout_engine("none")  # the first save fixed the layout; the second need not solve it again
-        paths.append(write_atomic(out_dir / f"{stem}.{fmt}", lambda stream: stream.write(buffer.getvalue())))
+        paths.append(write_atomic(out_dir / f"{stem}.{fmt}", lambda tmp: tmp.write_bytes(buffer.getvalue())))
     return paths
 
 

@@ -26,7 +26,7 @@ from tabulate import tabulate
 
 from metrics.stats import bootstrap_ci, mean_std_over_seeds, paired_wilcoxon
 
-from .files import write_text_atomic
+from ..atomic import write_text_atomic
 from .runs import (
     FUSION_METRICS,
     GROUP_ORDER,

@@ -8,13 +8,13 @@ counters and metrics. ``flatten_state`` splits any nested dict/list structure in
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..atomic import write_atomic
 
 _REF = "__tensor__"
 
@@ -46,36 +46,20 @@ def unflatten_state(tensors: dict[str, torch.Tensor], skeleton: Any) -> Any:
     return skeleton
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result into place, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the real suffixes (".nii.gz", ".png") for writers that infer the format.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
 
-    atomic_write_bytes(path, write)
+    write_atomic(path, write)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
     """Save ``state`` (nested, with tensors) to ``path`` (.safetensors) and ``path.json`` (skeleton + meta)."""
     path = Path(path)
     tensors, skeleton = flatten_state(state)
-    atomic_write_bytes(path, lambda tmp: save_file(tensors, tmp))
+    write_atomic(path, lambda tmp: save_file(tensors, tmp))
     write_json(path.with_suffix(".json"), {"meta": meta or {}, "skeleton": skeleton})
 
 
@@ -100,7 +84,7 @@ def save_weights(path: Path, modules: dict[str, torch.nn.Module], meta: dict[str
         for name, module in modules.items()
         for k, v in module.state_dict().items()
     }
-    atomic_write_bytes(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}))
+    write_atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}))
 
 
 def load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -171,12 +172,14 @@ class EpochLog:
         columns: list[str] = ["epoch", "stage"]
         for r in self.rows:
             columns += [c for c in r if c not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        write_atomic(self.path, write)
 
 
 def run_stages(
