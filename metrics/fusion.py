@@ -37,10 +37,11 @@ sources are not (its peak max(F) is 0); Qabf is NaN when neither source has any 
 black (the references divide 0 by 0; with zero padding, a constant non-zero image has edges along its
 border); SSIM is finite for constant images (C1, C2 > 0), and SSIM(A, A) = 1 for any A.
 
-Qabf is computed in float64 under every convention (CDDFuse's float32 rounding moves it by < 1e-7).
-Speed: the Gaussian windows run as banded matrix products (BLAS), F's histogram and local statistics
-are shared between the A-F and B-F terms, Qabf only visits pixels with a source gradient, and work
-arrays are kept per thread for the last image shape (a few tens of MB for 256 x 256).
+Qabf, and SSIM with the Gaussian window, are computed in float64 under every convention (CDDFuse's
+float32 rounding moves Qabf by < 1e-7; only its uniform-window SSIM is reproduced in float32).
+Speed: SSIM (Gaussian window), Qabf and MI run as compiled loops (Numba, metrics/_fast.py) that keep
+each image row in cache; F's local statistics are shared between the A-F and B-F terms, and work
+arrays are kept per thread for the last image shape.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from metrics import _fast
 
 METRICS = ("EN", "SD", "MI", "PSNR", "SF", "Qabf", "SSIM")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -128,15 +131,13 @@ def _float_scale(arr: np.ndarray, name: str) -> float:
 
 
 class _Gray:
-    """A validated image: ``values`` on the 0..255 scale, its integer gray ``levels`` (made on demand)
-    and whether it came as integers (then ``values`` are whole numbers)."""
+    """A validated image: ``values`` on the 0..255 scale and its integer gray ``levels`` (made on demand)."""
 
-    __slots__ = ("values", "_levels", "integer")
+    __slots__ = ("values", "_levels")
 
     def __init__(self, values: np.ndarray, levels: np.ndarray | None = None):
         self.values = values
         self._levels = levels
-        self.integer = levels is not None
 
     @property
     def levels(self) -> np.ndarray:
@@ -280,22 +281,12 @@ def _mi_levels(g: _Gray, conv: Convention) -> np.ndarray:
     return r.astype(np.uint8)
 
 
-def _mi(a: _Gray, b: _Gray, f: _Gray, conv: Convention, hist_f: np.ndarray | None = None) -> float:
-    """MI(A,F) + MI(B,F), each H(S) + H(F) - H(S,F), from bincount histograms of the gray levels."""
-    lf = _mi_levels(f, conv).ravel()
-    n = lf.size
-    if hist_f is None or conv.mi_stretch:
-        hist_f = np.bincount(lf, minlength=256)
-    h_f = _entropy_nats(hist_f, n)
-    scratch = _scratch()
-    f_codes, codes = scratch("mi_f", (n,), np.intp), scratch("mi_joint", (n,), np.intp)
-    np.copyto(f_codes, lf)
-    total = 0.0
-    for s in (a, b):
-        ls = _mi_levels(s, conv).ravel()
-        np.left_shift(ls, 8, out=codes, dtype=np.intp)
-        codes |= f_codes  # joint bin: 256 * level(S) + level(F)
-        total += _entropy_nats(np.bincount(ls, minlength=256), n) + h_f - _entropy_nats(np.bincount(codes), n)
+def _mi(a: _Gray, b: _Gray, f: _Gray, conv: Convention) -> float:
+    """MI(A,F) + MI(B,F), each H(S) + H(F) - H(S,F), from the gray-level histograms, counted in one
+    compiled pass (metrics/_fast.py; np.bincount of the 65,536 joint codes took most of 1 ms)."""
+    la, lb, lf = (np.ascontiguousarray(_mi_levels(g, conv)) for g in (a, b, f))
+    joint = _scratch()("mi_joint", (2, 256 * 256), np.int32)
+    total = _fast.mutual_information(la, lb, lf, _clogc(lf.size), joint)
     return total / _LN2 if conv.mi_unit == "bits" else total
 
 
@@ -311,189 +302,52 @@ def _psnr(a: np.ndarray, b: np.ndarray, f: np.ndarray, conv: Convention) -> floa
     return 10.0 * math.log10(peak * peak / mse)
 
 
-# Xydeas-Petrovic constants, as in every reference Qabf code.
-_TG, _KG, _DG = 0.9994, -15.0, 0.5
-_TA, _KA, _DA = 0.9879, -22.0, 0.8
-
-
-def _gradients(a: np.ndarray, b: np.ndarray, f: np.ndarray, dtype: type) -> np.ndarray:
-    """(3, 3, H, W): Sobel gx, gy and the squared magnitude of A, B and F, zero padded (conv2 'same').
-
-    The kernels are separable: [1 2 1] smoothing, done as two pairwise sums, and the central
-    difference. Correlating instead of convolving flips both signs, which changes neither the
-    magnitude nor the orientation arctan(gy / gx). One image at a time keeps the work in cache.
-    """
-    h, w = f.shape
-    scratch = _scratch()
-    out = scratch("sobel_out", (3, 3, h, w), dtype)
-    pad = scratch("sobel_pad", (h + 2, w + 2), dtype)  # the border is never written: zero padding
-    pair_v, smooth_v = scratch("sobel_pair_v", (h + 1, w + 2), dtype), scratch("sobel_smooth_v", (h, w + 2), dtype)
-    pair_h, smooth_h = scratch("sobel_pair_h", (h + 2, w + 1), dtype), scratch("sobel_smooth_h", (h + 2, w), dtype)
-    square = scratch("sobel_square", (h, w), dtype)
-    for x, gx, gy, g2 in zip((a, b, f), *out):
-        pad[1:-1, 1:-1] = x
-        np.add(pad[:-1], pad[1:], out=pair_v)
-        np.add(pair_v[:-1], pair_v[1:], out=smooth_v)
-        np.subtract(smooth_v[:, 2:], smooth_v[:, :-2], out=gx)
-        np.add(pad[:, :-1], pad[:, 1:], out=pair_h)
-        np.add(pair_h[:, :-1], pair_h[:, 1:], out=smooth_h)
-        np.subtract(smooth_h[:-2], smooth_h[2:], out=gy)
-        np.multiply(gx, gx, out=g2)
-        np.multiply(gy, gy, out=square)
-        g2 += square
-    return out
-
-
-def _directions(gx: np.ndarray, gy: np.ndarray, tmp: np.ndarray) -> None:
-    """In place: (gx, gy) -> (|gx|, gy sign gx), or (0, 1) where gx == 0: a vector at the references'
-    orientation arctan(gy / gx) (pi/2 where gx == 0)."""
-    np.sign(gx, out=tmp)
-    gy *= tmp
-    np.equal(gx, 0, out=tmp)
-    gy += tmp
-    np.abs(gx, out=gx)
-
-
 def _qabf(ga: _Gray, gb: _Gray, gf: _Gray, conv: Convention) -> float:
     """Q^{AB/F}: edge strength and orientation preservation, weighted by the source edge strengths.
 
-    Only (source, pixel) pairs where the source has a gradient carry weight; those of A and of B are
-    gathered into one set and evaluated together. The orientation difference |aS - aF| is the angle
-    between two direction vectors (one arctan per pair instead of one per image and pixel), and
-    Q = Tg Ta / ((1 + e^(kg (G - Dg))) (1 + e^(ka (A - Da)))).
-
-    For images given as integers the gradients, directions and their dot and cross products are
-    whole numbers below 2^24, exact in float32, which halves their memory traffic; the square roots,
-    ratios, arctan and exponentials are float64 either way, so the result is the same.
+    One compiled pass (metrics/_fast.py) over the images zero padded (conv2 'same') into a float64
+    work array: Qabf is float64 under every convention.
     """
-    exact = np.float32 if ga.integer and gb.integer and gf.integer else np.float64
-    gx, gy, g2 = _gradients(ga.values, gb.values, gf.values, exact).reshape(3, 3, -1)
-    n = g2.shape[1]
-    src = np.flatnonzero(g2[:2] > 0)  # positions in the [A; B] rows (a bool scan is much faster)
-    if src.size == 0:
-        return math.nan
-    fused = src.copy()
-    fused[np.searchsorted(src, n):] -= n  # the same pixels in F
-    scratch = _scratch()
-    s2, f2, sx, sy, fx, fy, tmp = scratch("qabf_exact", (7, 2 * n), exact)[:, : src.size]
-    gs, gf, t1, t2, t3 = scratch("qabf", (5, 2 * n))[:, : src.size]
-    for rows, idx, dst in ((g2[:2], src, s2), (gx[:2], src, sx), (gy[:2], src, sy),
-                           (g2[2], fused, f2), (gx[2], fused, fx), (gy[2], fused, fy)):
-        rows.reshape(-1).take(idx, out=dst, mode="clip")  # "raise" would copy through a buffer
-    np.sqrt(s2, out=gs, dtype=np.float64)
-    np.sqrt(f2, out=gf, dtype=np.float64)
-    _directions(sx, sy, tmp)
-    _directions(fx, fy, tmp)
-    np.multiply(sx, fx, out=tmp)
-    np.multiply(sy, fy, out=s2)
-    tmp += s2  # cos of the angle difference (times |uS| |uF|)
-    np.multiply(sy, fx, out=s2)
-    np.multiply(sx, fy, out=f2)
-    s2 -= f2
-    np.abs(s2, out=s2)  # |sin| of it (times the same)
-    with np.errstate(divide="ignore"):  # cos == 0: perpendicular, arctan(inf) = pi/2
-        np.divide(s2, tmp, out=t2, dtype=np.float64)
-    np.arctan(t2, out=t2)
-    np.less(tmp, 0, out=t1)
-    t1 *= math.pi
-    t2 += t1  # |aS - aF| in [0, pi)
-    t2 *= -2.0 * _KA / math.pi
-    t2 += _KA * (1.0 - _DA)  # ka (A - Da) with A = 1 - |aS - aF| / (pi / 2)
-    np.exp(t2, out=t2)
-    t2 += 1.0
-    np.minimum(gs, gf, out=t1)
-    t1 /= np.maximum(gs, gf, out=t3)  # strength ratio G
-    if conv.qabf_equal == "fused":  # the references' quirk: G = gF where gS == gF
-        np.copyto(t1, gf, where=gs == gf)
-    t1 *= _KG
-    t1 -= _KG * _DG
-    np.exp(t1, out=t1)
-    t1 += 1.0
-    t1 *= t2
-    np.divide(gs, t1, out=t1)
-    return _TG * _TA * float(t1.sum()) / float(gs.sum())
+    h, w = gf.values.shape
+    pad = _scratch()("qabf_pad", (3, h + 2, w + 2))  # the border is never written: zero padding
+    for k, g in enumerate((ga, gb, gf)):
+        pad[k, 1:-1, 1:-1] = g.values
+    return _fast.qabf(pad[0], pad[1], pad[2], conv.qabf_equal == "fused")
 
 
-@lru_cache(maxsize=8)
-def _bands(n: int, block: int) -> tuple[tuple[int, int, np.ndarray], ...]:
-    """The valid 11-tap Gaussian correlation of length n as row blocks (start, stop, band) where band
-    (stop - start, stop - start + 10) maps inputs start .. stop + 9 to outputs start .. stop - 1."""
+def _gaussian11() -> np.ndarray:
+    """The SSIM window's 1-D taps; the kernels filter separably with them."""
     x = np.arange(-5, 6, dtype=np.float64)
     w = np.exp(-0.5 * (x / 1.5) ** 2)  # outer(w, w) / sum = MATLAB fspecial('gaussian', 11, 1.5)
     w /= w.sum()
-    blocks = []
-    for start in range(0, n - 10, block):
-        m = min(block, n - 10 - start)
-        band = np.zeros((m, m + 10))
-        for i in range(m):
-            band[i, i:i + 11] = w
-        band.flags.writeable = False
-        blocks.append((start, start + m, band))
-    return tuple(blocks)
+    w.flags.writeable = False
+    return w
 
 
-_ROW_BLOCK, _COL_BLOCK = 24, 16  # outputs per matrix product along W and along H (timed at 256x256)
+_GAUSS11 = _gaussian11()
 
 
-def _gaussian_means(stack: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """11x11 Gaussian means of an (H, n, W) stack over the valid region, into out (H-10, n, W-10).
+def _ssim_uniform7(a: np.ndarray, b: np.ndarray, f: np.ndarray, c1: float, c2: float,
+                   cov_norm: float) -> tuple[float, float]:
+    """SSIM(A,F) and SSIM(B,F) with the 7x7 uniform window, sharing F's local statistics.
 
-    Each 1-D pass is a few products with banded blocks (BLAS), several times faster than ndimage's
-    line filters: along W on the (H*n, W) rows into rows (H, n, W-10), then along H.
+    scikit-image's own filter call and, in place, its floating-point operations in its order, so that
+    float32 rounding gives CDDFuse's numbers: S = ((2 ux uy + C1)(2 vxy + C2)) / ((ux^2 + uy^2 + C1)(vx + vy + C2)).
     """
-    h, n, w = stack.shape
-    x, y = stack.reshape(h * n, w), rows.reshape(h * n, w - 10)
-    for s, e, band in _bands(w, _ROW_BLOCK):
-        np.matmul(x[:, s:e + 10], band.T, out=y[:, s:e])
-    y, z = rows.reshape(h, n * (w - 10)), out.reshape(h - 10, n * (w - 10))
-    for s, e, band in _bands(h, _COL_BLOCK):
-        np.matmul(band, y[s:e + 10], out=z[s:e])
-
-
-def _local_means(a: np.ndarray, b: np.ndarray, f: np.ndarray, conv: Convention) -> list[np.ndarray]:
-    """Windowed means of A, B, F, A^2, B^2, F^2, AF, BF over the valid region of the SSIM window."""
-    if conv.ssim_window == "uniform7":
-        # scikit-image's own filter call, so that CDDFuse's float32 rounding is reproduced.
-        stack = np.stack([a, b, f, a * a, b * b, f * f, a * f, b * f])
-        return list(ndimage.uniform_filter(stack, size=(1, 7, 7))[:, 3:-3, 3:-3])
-    h, w = f.shape
-    scratch = _scratch()
-    stack = scratch("ssim_stack", (h, 8, w), f.dtype)
-    for k, (x, y) in enumerate(((a, None), (b, None), (f, None), (a, a), (b, b), (f, f), (a, f), (b, f))):
-        if y is None:
-            stack[:, k] = x
-        else:
-            np.multiply(x, y, out=stack[:, k])
-    means = scratch("ssim_means", (h - 10, 8, w - 10), f.dtype)
-    _gaussian_means(stack, scratch("ssim_rows", (h, 8, w - 10), f.dtype), means)
-    return [means[:, k] for k in range(8)]
-
-
-def _ssim_pair(a: np.ndarray, b: np.ndarray, f: np.ndarray, conv: Convention) -> tuple[float, float]:
-    """SSIM(A,F) and SSIM(B,F), sharing F's local statistics.
-
-    In place, but with scikit-image's floating-point operations in its order, so that float32
-    rounding gives CDDFuse's numbers: S = ((2 ux uy + C1)(2 vxy + C2)) / ((ux^2 + uy^2 + C1)(vx + vy + C2)).
-    """
-    ua, ub, uf, uaa, ubb, uff, uaf, ubf = _local_means(a, b, f, conv)
-    size = conv.ssim_size
-    cov_norm = size * size / (size * size - 1.0) if conv.ssim_covariance == "sample" else 1.0
-    c1 = (0.01 * conv.ssim_data_range) ** 2
-    c2 = (0.03 * conv.ssim_data_range) ** 2
+    stack = np.stack([a, b, f, a * a, b * b, f * f, a * f, b * f])
+    ua, ub, uf, uaa, ubb, uff, uaf, ubf = ndimage.uniform_filter(stack, size=(1, 7, 7))[:, 3:-3, 3:-3]
     uf2, vf, us2, vs, p, vsf = _scratch()("ssim_terms", (6, *uf.shape), uf.dtype)
     np.multiply(uf, uf, out=uf2)
     np.subtract(uff, uf2, out=vf)
-    if cov_norm != 1.0:
-        vf *= cov_norm
+    vf *= cov_norm
     out = []
     for us, uss, usf in ((ua, uaa, uaf), (ub, ubb, ubf)):
         np.multiply(us, us, out=us2)
         np.subtract(uss, us2, out=vs)
         np.multiply(us, uf, out=p)
         np.subtract(usf, p, out=vsf)
-        if cov_norm != 1.0:
-            vs *= cov_norm
-            vsf *= cov_norm
+        vs *= cov_norm
+        vsf *= cov_norm
         p *= 2  # 2 ux uy: doubling is exact, so this equals (2 ux) uy
         p += c1
         vsf *= 2
@@ -510,7 +364,16 @@ def _ssim_pair(a: np.ndarray, b: np.ndarray, f: np.ndarray, conv: Convention) ->
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, f: np.ndarray, conv: Convention) -> float:
-    s_af, s_bf = _ssim_pair(a, b, f, conv)
+    """SSIM(A,F) and SSIM(B,F) combined; the Gaussian window in one compiled float64 pass (metrics/_fast.py)."""
+    size = conv.ssim_size
+    cov_norm = size * size / (size * size - 1.0) if conv.ssim_covariance == "sample" else 1.0
+    c1 = (0.01 * conv.ssim_data_range) ** 2
+    c2 = (0.03 * conv.ssim_data_range) ** 2
+    if conv.ssim_window == "gaussian11":
+        a, b, f = (np.asarray(x, np.float64) for x in (a, b, f))
+        s_af, s_bf = _fast.ssim_gaussian11(a, b, f, _GAUSS11, c1, c2, cov_norm)
+    else:
+        s_af, s_bf = _ssim_uniform7(a, b, f, c1, c2, cov_norm)
     return s_af + s_bf if conv.ssim_reduce == "sum" else (s_af + s_bf) / 2.0
 
 
@@ -568,7 +431,7 @@ def fusion_metrics(a, b, f, convention: str | Convention = "fuse4seg") -> dict[s
     return {
         "EN": _entropy_nats(hist_f, gf.levels.size) / _LN2,
         "SD": _sd(gf),
-        "MI": _mi(ga, gb, gf, conv, hist_f),
+        "MI": _mi(ga, gb, gf, conv),
         "PSNR": _psnr(ga.values, gb.values, gf.values, conv),
         "SF": _sf(gf.values, conv),
         "Qabf": _qabf(ga, gb, gf, conv),

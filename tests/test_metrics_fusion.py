@@ -235,6 +235,20 @@ def test_float_inputs_map_to_gray_levels():
         assert wide_int[metric] == ref[metric], metric
 
 
+def test_compiled_exp_and_arctan_within_one_ulp_of_numpy():
+    # Qabf's own vectorised exp and arctan (metrics/_fast.py) over the ranges it feeds them, and beyond.
+    from metrics import _fast
+
+    x = np.concatenate([np.linspace(-40, 40, 200_001), [-700.0, -1e-300, 0.0, 1e-300, 700.0]])
+    got = x.copy()
+    _fast._exp_inplace(got, np.empty_like(got))
+    assert np.all(np.abs(got - np.exp(x)) <= np.spacing(np.exp(x)))
+    t = np.concatenate([np.linspace(0, 5, 200_001), np.geomspace(1e-300, 1e300, 10_001),
+                        [0.66, 2.414213562373095, np.inf]])
+    got = np.array([_fast._atan_nonneg(v) for v in t])
+    assert np.all(np.abs(got - np.arctan(t)) <= np.spacing(np.arctan(t)))
+
+
 def test_scratch_arrays_are_safe_across_shapes():
     small, large = _random_triple(7, (20, 30)), _random_triple(8, (33, 47))
     first = fusion_metrics(*small)
