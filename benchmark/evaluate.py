@@ -60,7 +60,7 @@ def example_indices(labels: np.ndarray, patients: list[str], n: int) -> list[int
 def _predict_all(run: TrainedRun, dataset: SliceDataset, batch_size: int) -> dict[str, Any]:
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out: dict[str, list] = {"images": [], "fused": [], "prediction": [], "label": [], "chroma": [],
-                            "patient": [], "slice_index": [], "name": []}
+                            "patient": [], "slice_index": []}
     for batch in tqdm(loader, desc=f"evaluate {run.run_dir}", unit="batch", leave=False):
         images = batch["images"]
         out["images"].append(images.numpy())
@@ -73,7 +73,7 @@ def _predict_all(run: TrainedRun, dataset: SliceDataset, batch_size: int) -> dic
             out["chroma"].append(batch["chroma"].numpy())
         out["patient"] += list(batch["patient"])
         out["slice_index"] += [int(i) for i in batch["slice_index"]]
-        out["name"] += list(batch["name"]) if "name" in batch else [f"{p}_{i}" for p, i in zip(batch["patient"], batch["slice_index"])]
+    out["name"] = [str(n) for n in dataset.names]  # the loader keeps the store's order
     return {k: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v) for k, v in out.items()}
 
 

@@ -154,12 +154,14 @@ def test_fusion_only_run_writes_scores_and_colour_images(stores, tmp_path):
     out = tmp_path / "paired"
     train_run(run_config("harvard_mri_spect", "fuse4seg"), stores["harvard_mri_spect"], out, progress=quiet)
     evaluate_run(out, stores["harvard_mri_spect"], device="cpu")
-    scores = pd.read_csv(out / "fusion_scores.csv")
+    scores = pd.read_csv(out / "fusion_scores.csv", dtype={"name": str})
     assert list(scores.columns) == ["name", "EN", "SD", "MI", "PSNR", "SF", "Qabf", "SSIM"]
     assert scores[["EN", "SD", "MI", "SF"]].notna().all().all()
     pngs = sorted((out / "fused").glob("*.png"))
     assert len(pngs) == len(scores)
     assert Image.open(pngs[0]).mode == "RGB"
+    sources = {p.stem for p in (stores["raw_spect"] / "MRI").glob("*.png")}
+    assert {p.stem for p in pngs} <= sources and set(scores["name"]) <= sources  # named as the source files
 
 
 def test_fuse_a_pair_and_segment_a_case_from_checkpoints(stores, tmp_path):
