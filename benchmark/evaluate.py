@@ -86,6 +86,8 @@ def evaluate_run(run_dir: Path, store_dir: Path, device: str = "auto") -> list[P
     if len(dataset) == 0:
         raise ValueError(f"{store_dir / 'test.h5'}: the test split holds no slices")
     res = _predict_all(run, dataset, settings.get("batch_size", 16))
+    has_colour = isinstance(res["fused"], np.ndarray) and isinstance(res["chroma"], np.ndarray)
+    res["fused_rgb"] = rebuild_rgb(res["fused"], res["chroma"]) if has_colour else None
     written: list[Path] = []
     if run.info["dataset_kind"] == "brats":
         from metrics.segmentation import per_patient_scores
@@ -115,15 +117,9 @@ def evaluate_run(run_dir: Path, store_dir: Path, device: str = "auto") -> list[P
     return written
 
 
-def _fused_rgb(res: dict[str, Any]) -> np.ndarray | None:
-    if not isinstance(res["chroma"], np.ndarray):
-        return None
-    return rebuild_rgb(res["fused"], res["chroma"])
-
-
 def _write_fused_pngs(folder: Path, res: dict[str, Any]) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    rgb = _fused_rgb(res)
+    rgb = res["fused_rgb"]
     paths = []
     for i, name in enumerate(res["name"]):
         image = Image.fromarray(to_uint8(rgb[i]) if rgb is not None else to_uint8(res["fused"][i]))
@@ -137,7 +133,7 @@ def _write_examples(path: Path, res: dict[str, Any], idx: list[int]) -> Path:
     arrays = {"sources": res["images"][idx], "name": np.array([res["name"][i] for i in idx])}
     if isinstance(res["fused"], np.ndarray):
         arrays["fused"] = res["fused"][idx]
-    rgb = _fused_rgb(res) if isinstance(res["fused"], np.ndarray) else None
+    rgb = res["fused_rgb"]
     if rgb is not None:
         arrays["fused_rgb"] = rgb[idx]
         arrays["chroma"] = res["chroma"][idx]
