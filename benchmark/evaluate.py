@@ -8,6 +8,7 @@ fused images are written as PNG (colour rebuilt from the functional image's Cb/C
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,8 @@ def evaluate_run(run_dir: Path, store_dir: Path, device: str = "auto") -> list[P
 
 
 def _write_fused_pngs(folder: Path, res: dict[str, Any]) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # no stale images of an earlier evaluation
+    folder.mkdir(parents=True)
     rgb = res["fused_rgb"]
     paths = []
     for i, name in enumerate(res["name"]):
