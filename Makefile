@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= workflows/config/default.yaml
 CORES ?= all
+# Jobs that declare `resources: gpu=1` at once: one per GPU; without a GPU they share the CPU cores.
+GPU_SLOTS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); if [ "$$n" -gt 0 ]; then echo $$n; else nproc; fi)
 # The CPU build of PyTorch: an unpinned `torch` would pull a multi-GB CUDA build. GPU users: environment.yml.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
@@ -21,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 run: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=1 \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPU_SLOTS) \
 		--configfile $(CONFIG) --keep-going --rerun-incomplete
 
 report: venv
