@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.colour import rebuild_rgb
+from .data.colour import rebuild_rgb, to_uint8
 from .data.store import SliceDataset
 from .trained import TrainedRun
 from .atomic import write_atomic
@@ -36,11 +36,6 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez_compressed(fh, **arrays)
 
     write_atomic(path, write)
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> 0..255 gray levels, as the fusion metrics' reference codes read saved images."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def example_indices(labels: np.ndarray, patients: list[str], n: int) -> list[int]:

@@ -15,10 +15,9 @@ from PIL import Image
 
 from .data import DataError
 from .data.brats import find_cases, from_contiguous, load_case, slice_case
-from .data.colour import rebuild_rgb, rgb_to_ycbcr
+from .data.colour import rebuild_rgb, rgb_to_ycbcr, to_uint8
 from .data.paired import read_image
 from .data.store import place_slices
-from .evaluate import to_uint8
 from .trained import TrainedRun
 from .atomic import write_atomic
 

@@ -64,3 +64,8 @@ def rebuild_rgb(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
     if chroma.shape[:-3] != y.shape[:-2] or chroma.shape[-3] != 2 or chroma.shape[-2:] != y.shape[-2:]:
         raise ValueError(f"chroma of shape {chroma.shape} does not match luminance of shape {y.shape}")
     return ycbcr_to_rgb(np.stack([y, chroma[..., 0, :, :], chroma[..., 1, :, :]], axis=-1))
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> 0..255 gray levels (rounded, clipped), as image files and the fusion metrics store them."""
+    return np.clip(np.rint(np.asarray(values, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)

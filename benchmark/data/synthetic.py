@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from .colour import to_uint8
 from .window import as_size
 
 # tissue order: CSF, GM, WM, ED, ET, NCR; mean intensity of each per modality (relative units)
@@ -114,10 +115,6 @@ def _pseudo_colour(values: np.ndarray, palette: Sequence[Sequence[float]]) -> np
     return np.stack([np.interp(values, positions, anchors[:, c]) for c in range(3)], axis=-1)
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)
-
-
 def _head_slice(rng: np.random.Generator, size: tuple[int, int], t: float) -> tuple[np.ndarray, np.ndarray]:
     """(anatomy in [0, 1], brain mask) of an axial head slice at relative height ``t`` of a study."""
     extent = np.sqrt(max(1 - (2 * t - 1) ** 2 * 0.6, 0.1))
@@ -140,15 +137,15 @@ def _harvard_pair(rng: np.random.Generator, pair: str, size: tuple[int, int], t:
     anatomy, brain = _head_slice(rng, size, t)
     if pair == "CT":
         r_skull = (anatomy > 0.85).astype(np.float32)
-        functional = _to_uint8(np.clip(r_skull + 0.25 * brain + rng.normal(0, 0.01, size), 0, 1))
-        return Image.fromarray(_to_uint8(anatomy)), Image.fromarray(functional)
+        functional = to_uint8(np.clip(r_skull + 0.25 * brain + rng.normal(0, 0.01, size), 0, 1))
+        return Image.fromarray(to_uint8(anatomy)), Image.fromarray(functional)
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in size], indexing="ij")
     activity = 0.25 * brain
     for bx, by, spread, gain in blobs:
         activity = activity + gain * np.exp(-((grids[0] - bx * size[0]) ** 2 + (grids[1] - by * size[1]) ** 2)
                                             / (2 * (spread * size[0]) ** 2)) * brain
     colour = _pseudo_colour(np.clip(activity, 0, 1), _PALETTES[pair])
-    return Image.fromarray(_to_uint8(anatomy)), Image.fromarray(_to_uint8(colour))
+    return Image.fromarray(to_uint8(anatomy)), Image.fromarray(to_uint8(colour))
 
 
 def _cells(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -189,10 +186,10 @@ def write_paired_phantoms(root: Path | str, pair: str, n_studies: int, slices_pe
             if pair == "GFP":
                 phase, signal = _cells(rng, size)
                 well = f"{2 * (1 + study // 8):02d}-{'ABCDEFGH'[study % 8]}{k + 1:02d}"
-                gray = _to_uint8(phase)
+                gray = to_uint8(phase)
                 green = np.stack([0.08 * signal, signal, 0.03 * signal], axis=-1)
                 Image.fromarray(np.stack([gray] * 3, axis=-1)).save(anat_dir / f"{well}-t.jpg", quality=95)
-                Image.fromarray(_to_uint8(green)).save(func_dir / f"{well}-g.jpg", quality=95)
+                Image.fromarray(to_uint8(green)).save(func_dir / f"{well}-g.jpg", quality=95)
             else:
                 anatomical, functional = _harvard_pair(rng, pair, size, (k + 1) / (slices_per_study + 1), blobs)
                 name = f"{study + 1}{k + 1:03d}.png"

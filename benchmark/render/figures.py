@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..atomic import write_atomic
+from ..data.colour import rebuild_rgb
 from .runs import RunRecord, group_runs, reference_method, table1_sort_key
 
 MAX_SLICES = 4
@@ -42,13 +43,6 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
         fig.set_layout_engine("none")  # the first save fixed the layout; the second need not solve it again
         paths.append(write_atomic(out_dir / f"{stem}.{fmt}", lambda tmp: tmp.write_bytes(buffer.getvalue())))
     return paths
-
-
-def ycbcr_to_rgb(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
-    """Full-range BT.601 (PIL's "YCbCr"), all planes in [0, 1]; chroma is (2, H, W) = Cb, Cr."""
-    cb, cr = chroma[0] - 0.5, chroma[1] - 0.5
-    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-    return np.clip(rgb, 0.0, 1.0)
 
 
 def overlay(background: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -147,7 +141,7 @@ def fusion_grid(runs: list[list[RunRecord]]) -> Figure | None:
         for m in range(n_sources):
             image = sources[m]
             if m == n_sources - 1 and chroma is not None:
-                image = ycbcr_to_rgb(image, chroma)
+                image = rebuild_rgb(image, chroma)
             _show(axes[i, m], image, modalities[m] if i == 0 and m < len(modalities) else None)
         for j, (seeds, ex) in enumerate(zip(runs, examples)):
             _show(axes[i, n_sources + j], _fused_image(ex, name), seeds[0].display_name if i == 0 else None,
