@@ -6,6 +6,7 @@ import os
 
 from snakemake.utils import min_version
 
+from benchmark.methods import METHOD_DIRS_ENV
 from benchmark.workflow import Plan, validate_config
 
 min_version("8.0")
@@ -20,6 +21,8 @@ if not workflow.overwrite_configfiles:
 
 
 config = validate_config(config, os.path.join(workflow.basedir, "workflows/schema/config.schema.yaml"))
+if config["method_dirs"]:  # extra method folders: for planning here and for every job (inherited environment)
+    os.environ[METHOD_DIRS_ENV] = os.pathsep.join(os.path.abspath(d) for d in config["method_dirs"])
 PLAN = Plan(config)
 RESULTS = PLAN.results
 

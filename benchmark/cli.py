@@ -67,21 +67,39 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .record import RunConfig
     from .training.engines import train_run
 
     _set_threads(args)
-    run_cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
-    if args.device:
-        run_cfg["device"] = args.device
-    summary = train_run(run_cfg, Path(args.store), Path(args.out))
+    summary = train_run(RunConfig.read(args.config), Path(args.store), Path(args.out), device=args.device)
+    print(json.dumps(summary, indent=1, default=str))
+
+
+def cmd_fuse_store(args: argparse.Namespace) -> None:
+    from .fused_store import fuse_splits
+
+    _set_threads(args)
+    for path in fuse_splits(Path(args.run), Path(args.store), args.splits, Path(args.out), batch_size=args.batch_size,
+                            device=args.device):
+        print(f"wrote {path}")
+
+
+def cmd_train_follower(args: argparse.Namespace) -> None:
+    from .record import FollowerRun
+    from .training.engines import train_follower
+
+    _set_threads(args)
+    summary = train_follower(FollowerRun.read(args.config), Path(args.store), Path(args.out), device=args.device)
     print(json.dumps(summary, indent=1, default=str))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_run
+    from .workflow import validate_section
 
     _set_threads(args)
-    for path in evaluate_run(Path(args.run), Path(args.store), device=args.device):
+    settings = validate_section(args.settings, "evaluation")
+    for path in evaluate_run(Path(args.run), Path(args.store), settings, device=args.device):
         print(f"wrote {path}")
 
 
@@ -100,31 +118,48 @@ def cmd_segment(args: argparse.Namespace) -> None:
 def cmd_render(args: argparse.Namespace) -> None:
     from .render import render_all
 
-    runs = [Path(r) for r in args.runs] if args.runs else sorted(p.parent for p in Path(args.out).glob("*/*/seed*/run.json"))
-    for path in render_all(runs, Path(args.out)):
+    runs = [Path(r) for r in args.runs] if args.runs else sorted(p.parent for p in Path(args.out).glob("*/*/seed*/config.json"))
+    for path in render_all(runs, Path(args.out), context=args.context):
         print(f"wrote {path}")
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    """List discovered methods; with --check also import each one, reporting failures by name."""
+    """List discovered methods and what each needs; with --check also import each one.
+
+    A method whose required package is missing is listed as "skipped" with the reason (its workflow jobs are
+    skipped too); only a broken method file or a failed import is an error (exit 1).
+    """
+    import importlib.util
+
     from .methods import discover_methods, load_method
 
     found, problems = discover_methods()
     failed = dict(problems)
     for name, info in found.items():
-        status = ""
-        if args.check:
+        missing = info.missing_reason()
+        status = f"skipped: {missing}" if missing else ""
+        if args.check and not missing:
             try:
                 load_method(name)
                 status = "imports"
             except Exception as err:  # report and go on: one broken method must not hide the others
                 failed[name] = str(err)
                 status = "FAILED"
-        print(f"{name:20s} {info.kind:13s} {info.display_name:20s} {status}")
+        print(f"{name:20s} {info.kind:13s} {info.display_name:28s} {status}")
+        for module, what in info.accelerators.items():
+            found_it = importlib.util.find_spec(module) is not None
+            print(f"{'':22s}optional {module}: {'installed' if found_it else 'not installed'} ({what})")
+        for weight, what in info.weights.items():
+            print(f"{'':22s}weights {weight}: {what} (config: weights.{name}.{weight}; none: from scratch)")
     for name, why in failed.items():
         print(f"problem: {name}: {why}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
+
+
+def _device_and_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,19 +181,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="parallel case readers (default 2)")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("train", help="train one run from its resolved config (resumes if interrupted)")
-    p.add_argument("--config", required=True, help="run config JSON written by the workflow")
+    p = sub.add_parser("train", help="train one run from its record (resumes if interrupted)")
+    p.add_argument("--config", required=True, help="the run's config.json written by the workflow")
     p.add_argument("--store", required=True, help="store folder of the dataset")
     p.add_argument("--out", required=True, help="run folder (model.safetensors, run.json, train_log.csv)")
-    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda, auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _device_and_threads(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("fuse-store", help="fuse every slice of store splits with a trained run, once")
+    p.add_argument("--run", required=True, help="run folder of a fusion or joint method")
+    p.add_argument("--store", required=True, help="store folder of the dataset, e.g. results/brats/store")
+    p.add_argument("--splits", nargs="+", choices=["train", "val", "test"], default=["test"])
+    p.add_argument("--out", required=True, help="fused store folder, e.g. <run>/fused_store")
+    p.add_argument("--batch-size", type=int, default=16)
+    _device_and_threads(p)
+    p.set_defaults(func=cmd_fuse_store)
+
+    p = sub.add_parser("train-follower", help="train the shared follower on a run's fused store")
+    p.add_argument("--config", required=True, help="the run's follower/config.json written by the workflow")
+    p.add_argument("--store", required=True, help="the run's fused store folder (fused_store/)")
+    p.add_argument("--out", required=True, help="the run's follower folder (follower/)")
+    _device_and_threads(p)
+    p.set_defaults(func=cmd_train_follower)
+
     p = sub.add_parser("evaluate", help="score a trained run on the test split of its store")
-    p.add_argument("--run", required=True, help="run folder holding run.json and model.safetensors")
+    p.add_argument("--run", required=True, help="run folder holding config.json and model.safetensors")
     p.add_argument("--store", required=True, help="store folder of the dataset")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--settings", type=_json_arg, default={},
+                   help="evaluation settings as JSON (the workflow's evaluation section; defaults filled)")
+    _device_and_threads(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("fuse", help="fuse one image pair with a trained run (the 'glass-box' image)")
@@ -178,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="Tables 1-3 (CSV/Markdown/LaTeX, beside the paper) and figures")
     p.add_argument("--out", default="results", help="results root; tables/ and figures/ are written here")
-    p.add_argument("--runs", nargs="*", help="run folders (default: every */*/seed*/run.json under --out)")
+    p.add_argument("--runs", nargs="*", help="run folders (default: every */*/seed*/config.json under --out)")
+    p.add_argument("--context", type=_json_arg, default={},
+                   help="dataset labels and skipped methods as JSON (written by the workflow)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("methods", help="list the method plugins found in methods/")

@@ -1,9 +1,11 @@
 """Trained run + test store -> score tables and the example arrays that the figures show.
 
-BraTS: every test slice is segmented; scores are computed per patient on the volume reassembled from
-its slices (or per slice / pooled, as configured) with ``metrics.segmentation``. Paired data: every test
-pair is fused and scored with the seven fusion metrics of ``metrics.fusion`` on the luminance, and the
-fused images are written as PNG (colour rebuilt from the functional image's Cb/Cr where it has colour).
+BraTS: every test slice is segmented (the follower on the run's fused test store, or a segmentation method on
+the stacked sources); scores are computed per patient on the volume reassembled from its slices (or per slice,
+as configured) with ``metrics.segmentation``. Paired data: the run's fused test store is scored against the
+sources with the seven fusion metrics of ``metrics.fusion`` on the luminance, and the fused images are written
+as PNG (colour rebuilt from the functional image's Cb/Cr where it has colour). The settings (``evaluation``
+section of the workflow config) are an argument, not part of the run, so changing them retrains nothing.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .atomic import write_atomic
 from .data.colour import rebuild_rgb, to_uint8
 from .data.store import SliceDataset
+from .record import FUSED_STORE, RunConfig
 from .trained import TrainedRun
-from .atomic import write_atomic
 from .training.checkpoint import write_json
 
 
@@ -53,39 +55,57 @@ def example_indices(labels: np.ndarray, patients: list[str], n: int) -> list[int
     return sorted(chosen + rest[: n - len(chosen)])
 
 
-def _predict_all(run: TrainedRun, dataset: SliceDataset, batch_size: int) -> dict[str, Any]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _collect(run_dir: Path, record: RunConfig, sources: SliceDataset, fused: SliceDataset | None,
+             batch_size: int, device: str) -> dict[str, Any]:
+    """Every test slice's sources, fused image and (BraTS) label and prediction, in store order."""
+    run = TrainedRun(run_dir, device) if record.labelled else None
     out: dict[str, list] = {"images": [], "fused": [], "prediction": [], "label": [], "chroma": [],
                             "patient": [], "slice_index": []}
-    for batch in tqdm(loader, desc=f"evaluate {run.run_dir}", unit="batch", leave=False):
+    loaders = [DataLoader(sources, batch_size=batch_size, shuffle=False)]
+    if fused is not None:
+        loaders.append(DataLoader(fused, batch_size=batch_size, shuffle=False))
+    for batch, *fused_batch in tqdm(zip(*loaders), total=len(loaders[0]), desc=f"evaluate {run_dir}",
+                                    unit="batch", leave=False):
         images = batch["images"]
         out["images"].append(images.numpy())
-        if run.fuses:
-            out["fused"].append(run.fuse(images[:, :1], images[:, 1:2])[:, 0].cpu().numpy())
+        if fused_batch:
+            out["fused"].append(fused_batch[0]["images"][:, 0].numpy())
         if "label" in batch:
             out["label"].append(batch["label"].numpy().astype(np.uint8))
-            out["prediction"].append(run.segment(images).argmax(1).cpu().numpy().astype(np.uint8))
+            logits = run.segment_fused(fused_batch[0]["images"]) if fused_batch else run.segment(images)
+            out["prediction"].append(logits.argmax(1).cpu().numpy().astype(np.uint8))
         if "chroma" in batch:
             out["chroma"].append(batch["chroma"].numpy())
         out["patient"] += list(batch["patient"])
         out["slice_index"] += [int(i) for i in batch["slice_index"]]
-    out["name"] = [str(n) for n in dataset.names]  # the loader keeps the store's order
+    out["name"] = [str(n) for n in sources.names]  # the loaders keep the stores' order
     return {k: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v) for k, v in out.items()}
 
 
-def evaluate_run(run_dir: Path, store_dir: Path, device: str = "auto") -> list[Path]:
-    """Score ``run_dir`` on ``store_dir/test.h5``; returns the files written into ``run_dir``."""
-    run_dir, store_dir = Path(run_dir), Path(store_dir)
-    run = TrainedRun(run_dir, device)
-    settings = run.info["config"]["evaluation"]
-    dataset = SliceDataset(store_dir / "test.h5")
-    if len(dataset) == 0:
+def _test_stores(run_dir: Path, store_dir: Path, record: RunConfig) -> tuple[SliceDataset, SliceDataset | None]:
+    """The test store and, for runs that fuse, the run's fused test store, checked to hold the same slices."""
+    sources = SliceDataset(store_dir / "test.h5")
+    if len(sources) == 0:
         raise ValueError(f"{store_dir / 'test.h5'}: the test split holds no slices")
-    res = _predict_all(run, dataset, settings.get("batch_size", 16))
+    if not record.fuses:
+        return sources, None
+    fused = SliceDataset(run_dir / FUSED_STORE / "test.h5")
+    if list(fused.names) != list(sources.names):
+        raise ValueError(f"{fused.path}: does not hold the slices of {sources.path} in the same order "
+                         "(fused from another store? re-run the fuse rule)")
+    return sources, fused
+
+
+def evaluate_run(run_dir: Path, store_dir: Path, settings: dict[str, Any], device: str = "auto") -> list[Path]:
+    """Score ``run_dir`` on ``store_dir/test.h5`` under the ``evaluation`` settings; returns the files written."""
+    run_dir, store_dir = Path(run_dir), Path(store_dir)
+    record = RunConfig.of_run_dir(run_dir)
+    sources, fused = _test_stores(run_dir, store_dir, record)
+    res = _collect(run_dir, record, sources, fused, settings.get("batch_size", 16), device)
     has_colour = isinstance(res["fused"], np.ndarray) and isinstance(res["chroma"], np.ndarray)
     res["fused_rgb"] = rebuild_rgb(res["fused"], res["chroma"]) if has_colour else None
     written: list[Path] = []
-    if run.info["dataset_kind"] == "brats":
+    if record.labelled:
         from metrics.segmentation import per_patient_scores
 
         table = per_patient_scores(

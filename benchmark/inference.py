@@ -18,8 +18,8 @@ from .data.brats import find_cases, from_contiguous, load_case, slice_case
 from .data.colour import rebuild_rgb, rgb_to_ycbcr, to_uint8
 from .data.paired import read_image
 from .data.store import place_slices
-from .trained import TrainedRun
 from .atomic import write_atomic
+from .trained import TrainedRun
 
 
 def _luminance(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -49,7 +49,7 @@ def fuse_files(run_dir: Path, a_path: Path, b_path: Path, out_path: Path, device
 def segment_case(run_dir: Path, case_dir: Path, out_path: Path, device: str = "auto", batch_size: int = 16) -> Path:
     """Segment every brain slice of a BraTS case; write labels in its geometry and label convention."""
     run = TrainedRun(run_dir, device)
-    data = run.info["config"]["data"]
+    data = run.record.data
     case_dir = Path(case_dir)
     matches = [c for c in find_cases(case_dir.parent) if c.folder.resolve() == case_dir.resolve()]
     if not matches:

@@ -1,77 +1,70 @@
-"""A trained run loaded back from its folder: ``fuse`` two sources and ``segment`` a batch of slices."""
+"""A trained run loaded back from its folder: ``fuse`` two sources, ``segment`` slices or fused images."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .methods import load_method
+from .record import FOLLOWER_DIR, RecordError, RunConfig
 from .training.checkpoint import load_weights
-from .training.follower import NUM_CLASSES, build_follower
+from .training.follower import build_follower
 from .training.loop import resolve_device
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (train the run first: python -m benchmark train ...)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-
-
 class TrainedRun:
-    """Rebuilds the run's networks from its config and loads ``model.safetensors`` (EMA leader for joint)."""
+    """Rebuilds a run's networks from its ``config.json`` and loads their weights.
+
+    The method's networks come from ``model.safetensors`` (the EMA leader for joint methods); the shared
+    follower from the same file (joint pipeline) or from ``follower/model.safetensors`` (disjoint pipeline),
+    loaded on first use, so a run can fuse before its follower is trained.
+    """
 
     def __init__(self, run_dir: Path, device: str = "auto"):
         self.run_dir = Path(run_dir)
-        self.info = read_run_info(self.run_dir)
-        cfg = self.info["config"]
+        self.record = RunConfig.of_run_dir(self.run_dir)
         self.device = resolve_device(device)
-        self.method = load_method(cfg["method"], cfg["hparams"])
-        self.kind = self.method.kind
-        labelled = self.info["dataset_kind"] == "brats"
-        modules: dict[str, torch.nn.Module] = {}
-        if self.kind == "fusion":
-            modules["fusion"] = self.method.build()
-        elif self.kind == "joint":
-            modules["leader"] = self.method.build_leader()
-        else:
-            modules["segmenter"] = self.method.build(self.info["in_channels"], NUM_CLASSES)
-        if labelled and self.kind != "multichannel":
-            modules["follower"] = build_follower(cfg["follower"])
-        load_weights(self.run_dir / "model.safetensors", modules)
-        self.modules = {k: m.to(self.device).eval() for k, m in modules.items()}
+        self.method = load_method(self.record.method, self.record.hparams, record=self.record)
+        nets = self.method.networks()
+        if self.record.pipeline == "joint":
+            nets["follower"] = build_follower(self.record.follower.network)
+        load_weights(self.run_dir / "model.safetensors", nets)
+        self.nets = {name: net.to(self.device).eval() for name, net in nets.items()}
 
     @property
-    def fuses(self) -> bool:
-        return self.kind != "multichannel"
+    def follower(self) -> torch.nn.Module:
+        if "follower" not in self.nets:
+            if self.record.pipeline != "disjoint":
+                raise RecordError(f"{self.run_dir}: a {self.record.pipeline} run has no segmentation follower")
+            from .record import FollowerRun
 
-    @property
-    def segments(self) -> bool:
-        return "follower" in self.modules or "segmenter" in self.modules
+            follower_dir = self.run_dir / FOLLOWER_DIR
+            spec = FollowerRun.read(follower_dir / "config.json")
+            follower = build_follower(spec.follower.network)
+            load_weights(follower_dir / "model.safetensors", {"follower": follower})
+            self.nets["follower"] = follower.to(self.device).eval()
+        return self.nets["follower"]
 
     @torch.no_grad()
     def fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) sources in [0, 1] -> fused (B, 1, H, W) in [0, 1]."""
-        a, b = a.to(self.device), b.to(self.device)
-        if self.kind == "fusion":
-            return self.modules["fusion"](a, b).float().clamp(0, 1)
-        if self.kind == "joint":
-            return self.modules["leader"](a, b).fused.float().clamp(0, 1)
-        raise ValueError(f"{self.run_dir}: method {self.method.name!r} is a segmentation method; it does not fuse")
+        if not self.record.fuses:
+            raise RecordError(f"{self.run_dir}: method {self.record.method!r} is a segmentation method; it does not fuse")
+        fused = self.method.fuse(self.nets, a.to(self.device), b.to(self.device))
+        return fused.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def segment_fused(self, fused: torch.Tensor) -> torch.Tensor:
+        """Fused images (B, 1, H, W) -> logits (B, classes, H, W) of the run's follower."""
+        return self.follower(fused.to(self.device)).float()
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, M, H, W) sources -> logits (B, 4, H, W)."""
+        """(B, M, H, W) sources -> logits (B, classes, H, W): the method's segmenter, or fuse then follow."""
+        if not self.record.labelled:
+            raise RecordError(f"{self.run_dir}: trained on a label-free dataset; it does not segment")
         images = images.to(self.device)
-        if "segmenter" in self.modules:
-            return self.modules["segmenter"](images).float()
-        if "follower" not in self.modules:
-            raise ValueError(f"{self.run_dir}: trained on a label-free dataset; it does not segment")
-        fused = self.fuse(images[:, :1], images[:, 1:2])
-        return self.modules["follower"](fused).float()
+        if self.record.pipeline == "segmentation":
+            return self.method.segment(self.nets, images).float()
+        return self.segment_fused(self.fuse(images[:, :1], images[:, 1:2]))

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .methods import METHODS_DIR, MethodInfo, discover_methods
+from .methods import MethodInfo, discover_methods
+from .record import FollowerConfig, FollowerRun, RunConfig, pipeline_of
 
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schema" / "config.schema.yaml"
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -47,6 +49,7 @@ class RunSpec:
     method: str
     variant: str | None
     seed: int
+    pipeline: str
 
     @property
     def path(self) -> str:
@@ -63,33 +66,57 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _load_schema(schema_path: Path | str) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+
+
+def training_defaults(schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
+    """The schema's default of every ``training`` setting (the lowest level of a run's training settings)."""
+    properties = _load_schema(schema_path)["$defs"]["training"]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items()}
+
+
 class Plan:
     """The jobs a validated config asks for; new method files join with no other edit."""
 
-    def __init__(self, config: dict[str, Any], methods_dir: Path | str = METHODS_DIR, warn=None):
+    def __init__(self, config: dict[str, Any], methods_dir: list[Path] | Path | str | None = None, warn=None,
+                 schema_path: Path | str = SCHEMA_PATH):
         self.config = config
         self.results = config["results_dir"]
-        found, problems = discover_methods(methods_dir)
         warn = warn or (lambda msg: print(msg, file=sys.stderr))
+        found, problems = discover_methods(methods_dir)
         for name, why in problems.items():
             warn(f"method {name!r} skipped: {why}")
         wanted = config["methods"]
         if wanted == "all":
-            self.methods = found
+            chosen = found
         else:
             unknown = [m for m in wanted if m not in found]
             if unknown:
                 raise ConfigError(
-                    f"methods: {unknown} not found or invalid in {methods_dir} "
-                    f"(available: {sorted(found)}; problems: {problems})"
+                    f"methods: {unknown} not found or invalid (available: {sorted(found)}; problems: {problems})"
                 )
-            self.methods = {m: found[m] for m in wanted}
+            chosen = {m: found[m] for m in wanted}
+        self.skipped: dict[str, str] = {}
+        self.methods: dict[str, MethodInfo] = {}
+        self._chosen = chosen
+        for name, info in chosen.items():
+            reason = info.missing_reason()
+            if reason:
+                warn(f"method {name!r}: its jobs are skipped: {reason}")
+                self.skipped[name] = reason
+            else:
+                self.methods[name] = info
         self.datasets = config["datasets"]
         for name, ds in self.datasets.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name):
                 raise ConfigError(f"datasets.{name}: names may hold letters, digits and '_' only")
             if ds["source"] == "folder" and not ds.get("path"):
                 raise ConfigError(f"datasets.{name}: source 'folder' needs a path")
+        self._training_defaults = training_defaults(schema_path)
+        self.weights = self._weights()
         self.runs = self._runs()
 
     def dataset_kind(self, dataset: str) -> str:
@@ -110,7 +137,9 @@ class Plan:
                     variants += list(info.ablations)
                 for variant in variants:
                     run = name if variant is None else f"{name}-{variant}"
-                    runs += [RunSpec(dataset, run, name, variant, seed) for seed in self.config["seeds"]]
+                    bilevel = bool(self._hparams(info, variant).get("bilevel", True))
+                    pipeline = pipeline_of(info.kind, kind, bilevel)
+                    runs += [RunSpec(dataset, run, name, variant, seed, pipeline) for seed in self.config["seeds"]]
         return runs
 
     def find(self, dataset: str, run: str, seed: int | str) -> RunSpec:
@@ -119,54 +148,101 @@ class Plan:
                 return spec
         raise ConfigError(f"no planned run {dataset}/{run}/seed{seed}")
 
-    def hparams(self, spec: RunSpec) -> dict[str, Any]:
-        info: MethodInfo = self.methods[spec.method]
+    def runs_with(self, *pipelines: str) -> list[RunSpec]:
+        return [spec for spec in self.runs if spec.pipeline in pipelines]
+
+    def _hparams(self, info: MethodInfo, variant: str | None) -> dict[str, Any]:
         values = dict(info.hyperparameters)
         if self.config["method_scale"] == "test":
             values.update(info.test_config)
-        values.update(self.config["method_overrides"].get(spec.method, {}))
-        if spec.variant is not None:
-            values.update(info.ablations[spec.variant].get("overrides", {}))
+        values.update(self.config["method_overrides"].get(info.name, {}))
+        if variant is not None:
+            values.update(info.ablations[variant].get("overrides", {}))
         unknown = set(values) - set(info.hyperparameters)
         if unknown:
-            raise ConfigError(f"method_overrides.{spec.method}: unknown hyper-parameters {sorted(unknown)}")
+            raise ConfigError(f"method_overrides.{info.name}: unknown hyper-parameters {sorted(unknown)}")
         return values
 
-    def run_config(self, spec: RunSpec) -> dict[str, Any]:
-        """Everything that determines one run's result; Snakemake reruns the run when this changes."""
+    def hparams(self, spec: RunSpec) -> dict[str, Any]:
+        return self._hparams(self.methods[spec.method], spec.variant)
+
+    def training(self, dataset: str, method: str | None = None) -> dict[str, Any]:
+        """Resolved training settings, lowest first: schema defaults, the method's ``training``, the config's
+        ``training``, ``datasets.<dataset>.training``, ``method_training.<method>``. Without a method: the shared
+        follower's settings (no method level)."""
+        values = dict(self._training_defaults)
+        if method is not None:
+            values.update(self.methods[method].training)
+        values.update(self.config.get("training", {}))
+        values.update(self.datasets[dataset].get("training", {}))
+        if method is not None:
+            values.update(self.config["method_training"].get(method, {}))
+        return values
+
+    def follower(self, dataset: str) -> FollowerConfig:
+        return FollowerConfig(network=dict(self.config["follower"]), training=self.training(dataset))
+
+    def record(self, spec: RunSpec) -> RunConfig:
+        """Everything that determines one run's trained result (its ``config.json``)."""
         info = self.methods[spec.method]
-        ds = self.datasets[spec.dataset]
-        if spec.variant is not None:
-            label = info.ablations[spec.variant]["label"]
-            order = info.ablations[spec.variant].get("order", 0)
-        else:
-            label, order = info.full_label, len(info.ablations)
+        return RunConfig(
+            dataset=spec.dataset,
+            dataset_kind=self.dataset_kind(spec.dataset),
+            method=spec.method,
+            kind=info.kind,
+            variant=spec.variant,
+            seed=spec.seed,
+            pipeline=spec.pipeline,
+            hparams=self.hparams(spec),
+            training=self.training(spec.dataset, spec.method),
+            data={k: v for k, v in self.preprocess_settings(spec.dataset).items() if k not in ("raw", "synthetic")},
+            follower=self.follower(spec.dataset) if spec.pipeline == "joint" else None,
+            weights=self.weights.get(spec.method, {}),
+        )
+
+    def follower_run(self, spec: RunSpec) -> FollowerRun:
+        """``follower/config.json`` of a disjoint pipeline."""
+        if spec.pipeline != "disjoint":
+            raise ConfigError(f"{spec.path}: a {spec.pipeline} run has no separate follower")
+        return FollowerRun(run=spec.path, seed=spec.seed, follower=self.follower(spec.dataset))
+
+    def _weights(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Weight files given in ``weights.<method>.<name>``: each must be declared by the method and exist.
+
+        A file's size and modification time join the run's record, so replacing it retrains the run.
+        """
+        given: dict[str, dict[str, dict[str, Any]]] = {}
+        for method, files in self.config.get("weights", {}).items():
+            if method not in self.methods:
+                if method in self.skipped:
+                    continue
+                raise ConfigError(f"weights.{method}: no such method among {sorted(self.methods)}")
+            declared = self.methods[method].weights
+            for name, value in files.items():
+                where = f"weights.{method}.{name}"
+                if name not in declared:
+                    raise ConfigError(f"{where}: method {method!r} declares no weight {name!r} "
+                                      f"(it declares {sorted(declared) or 'none'})")
+                path = Path(expand_path(value, where)).resolve()
+                if not path.is_file():
+                    raise ConfigError(f"{where}: {path}: no such file")
+                stat = path.stat()
+                given.setdefault(method, {})[name] = {"path": str(path), "size": stat.st_size,
+                                                      "mtime_ns": stat.st_mtime_ns}
+        return given
+
+    def evaluation(self) -> dict[str, Any]:
+        """The evaluation settings: an argument of the evaluate rules, not part of any run."""
+        return dict(self.config["evaluation"])
+
+    def render_context(self) -> dict[str, Any]:
+        """What the renderer needs beyond the run folders: the methods' display fields, dataset labels and the
+        methods skipped here. A parameter of the render rule, so changing a label re-renders (and retrains
+        nothing)."""
         return {
-            "dataset": spec.dataset,
-            "run": spec.run,
-            "method": spec.method,
-            "variant": spec.variant,
-            "seed": spec.seed,
-            "device": self.config["device"],
-            "hparams": self.hparams(spec),
-            "training": deep_merge(self.config["training"], ds.get("training", {})),
-            "follower": dict(self.config["follower"]),
-            "evaluation": dict(self.config["evaluation"]),
-            "data": {k: v for k, v in self.preprocess_settings(spec.dataset).items() if k not in ("raw", "synthetic")},
-            "info": {
-                "method": spec.method,
-                "variant": spec.variant,
-                "run": spec.run,
-                "kind": info.kind,
-                "display_name": info.display_name,
-                "paper_name": info.paper_name,
-                "ablation_label": label if (spec.variant or info.ablations) else None,
-                "ablation_order": order,
-                "dataset": spec.dataset,
-                "dataset_kind": ds["kind"],
-                "pair": ds.get("pair"),
-                "seed": spec.seed,
-            },
+            "methods": {name: info.display() for name, info in self._chosen.items()},
+            "datasets": {name: {"kind": ds["kind"], "pair": ds.get("pair")} for name, ds in self.datasets.items()},
+            "skipped": dict(self.skipped),
         }
 
     def preprocess_settings(self, dataset: str) -> dict[str, Any]:
@@ -186,22 +262,43 @@ class Plan:
         return expand_path(ds["path"], f"datasets.{dataset}.path")
 
 
-def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
-    """Insert schema defaults, also inside ``additionalProperties`` maps (jsonschema alone never fills)."""
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/$defs/<name>``), keeping the referring node's own keys."""
+    ref = schema.get("$ref")
+    if not ref:
+        return schema
+    target = root
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> None:
+    """Insert schema defaults, also inside ``additionalProperties`` maps (jsonschema alone never fills).
+
+    ``training`` sections keep only what the config writes: a run resolves them level by level
+    (``Plan.training``), and a filled-in default would hide a method's own default.
+    """
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
     if not isinstance(instance, dict) or schema.get("type") != "object":
         return
     for key, sub in schema.get("properties", {}).items():
+        if key == "training":
+            instance.setdefault(key, {})
+            continue
+        sub = _resolve(sub, root)
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
-            _fill_defaults(instance[key], sub)
+            _fill_defaults(instance[key], sub, root)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key in set(instance) - set(schema.get("properties", {})):
-            _fill_defaults(instance[key], extra)
+            _fill_defaults(instance[key], extra, root)
 
 
-def validate_config(config: dict[str, Any], schema_path: Path | str) -> dict[str, Any]:
+def validate_config(config: dict[str, Any], schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
     """Validate ``config`` against the workflow schema, fill its defaults, and return it.
 
     Errors name the offending key path and the rule it breaks.
@@ -218,3 +315,18 @@ def validate_config(config: dict[str, Any], schema_path: Path | str) -> dict[str
         lines = [f"  {'.'.join(map(str, e.absolute_path)) or '<top>'}: {e.message}" for e in errors]
         raise ConfigError("invalid workflow config:\n" + "\n".join(lines))
     return config
+
+
+def validate_section(values: dict[str, Any], section: str, schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
+    """One section of the workflow config (e.g. ``evaluation`` given on the command line), checked and filled."""
+    import jsonschema
+
+    root = _load_schema(schema_path)
+    schema = {**_resolve(root["properties"][section], root), "$defs": root.get("$defs", {})}
+    values = copy.deepcopy(values)
+    _fill_defaults(values, schema, root)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(values), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {section}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
+        raise ConfigError(f"invalid {section} settings:\n" + "\n".join(lines))
+    return values

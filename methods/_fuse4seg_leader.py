@@ -18,8 +18,8 @@ Declared choices / simplifications:
 - The sigmoid before the min-max step is CDDFuse's decoder output; the min-max step (CDDFuse applies it per test
   image in ``test_MIF.py``) is part of the module here so training sees the same normalised image as inference.
 - The paper calls the low-frequency attention "MSA"; CDDFuse's Lite Transformer (followed here) attends over
-  channels (transposed attention) with a dense 3 x 3 qkv convolution; see ``methods._restormer``.
-- INN details (bounded scale, LU channel mix, optional Haar squeeze ``inn_haar``) in ``methods._inn``. With
+  channels (transposed attention) with a dense 3 x 3 qkv convolution; see ``benchmark.nn.restormer``.
+- INN details (bounded scale, LU channel mix, optional Haar squeeze ``inn_haar``) in ``benchmark.nn.inn``. With
   ``inn_haar=True`` inputs of odd size are reflect-padded to even size and the outputs cropped back; otherwise no
   layer needs divisibility and nothing is padded.
 """
@@ -31,8 +31,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from methods._inn import INNBlock
-from methods._restormer import TransformerBlock, lite_transformer, pad_to_multiple
+from benchmark.nn.inn import INNBlock
+from benchmark.nn.restormer import TransformerBlock, lite_transformer, pad_to_multiple
 
 MINMAX_EPS = 1e-6
 

@@ -1,6 +1,6 @@
 """Direct multi-channel segmentation with the shared backbone: T1ce and FLAIR stacked as two channels.
 
-The same ConvNeXt U-Net as the Fuse4Seg follower (``methods/_convnext_unet.py``), only with two input
+The same ConvNeXt U-Net as the Fuse4Seg follower (``benchmark/nn/convnext_unet.py``), only with two input
 channels: the fairest "no fusion" reference, since it differs from every disjoint pipeline and from
 Fuse4Seg by its input alone. It is not one of the paper's multi-channel baselines (nnU-Net, TransUNet,
 CENet, VM-UNet), hence no ``paper_name``.
@@ -18,7 +18,7 @@ class Method(MultiChannelMethod):
     test_config = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "bottleneck_heads": 2}
 
     def build(self, in_channels: int, num_classes: int):
-        from methods._convnext_unet import SegmentationFollower
+        from benchmark.nn.convnext_unet import SegmentationFollower
 
         h = self.hparams
         return SegmentationFollower(

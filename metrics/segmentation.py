@@ -48,6 +48,7 @@ _MEMBERS = np.array([[c in classes for c in range(N_CLASSES)] for classes in _ST
 SCORE_COLUMNS = ["NCR_dice", "NCR_iou", "ED_dice", "ED_iou", "ET_dice", "ET_iou", "mean_dice", "mean_iou",
                  "TC_dice", "TC_iou", "WT_dice", "WT_iou"]
 HD95_COLUMNS = ["ET_hd95", "TC_hd95", "WT_hd95"]
+TABLE_COLUMNS = tuple(SCORE_COLUMNS[:8])  # what the paper's Tables 1 and 3 report
 _CHUNK = 1 << 16  # voxels per bincount call: small enough to stay in cache
 
 EmptyRule = Literal["one", "nan"]

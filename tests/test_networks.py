@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods._convnext_unet import SegmentationFollower
+from benchmark.nn.convnext_unet import SegmentationFollower
 from methods._fuse4seg_leader import FusionLeader, LeaderOutput, minmax_per_image
-from methods._inn import AffineCoupling, HaarSqueeze, INNBlock, InvertibleConv1x1
-from methods._restormer import ChannelAttention, LayerNorm2d, TransformerBlock, pad_to_multiple
+from benchmark.nn.inn import AffineCoupling, HaarSqueeze, INNBlock, InvertibleConv1x1
+from benchmark.nn.restormer import ChannelAttention, LayerNorm2d, TransformerBlock, pad_to_multiple
 
 SIZES = [(16, 16), (17, 15)]
 TINY_LEADER = dict(dim=8, heads=2, encoder_blocks=1, decoder_blocks=1, inn_nodes=2)

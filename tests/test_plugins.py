@@ -74,8 +74,8 @@ def test_broken_files_are_reported_by_name_and_do_not_stop_others(methods_dir: P
 def test_import_failure_is_a_method_error_naming_the_file(methods_dir: Path):
     (methods_dir / "needs_missing_lib.py").write_text("import a_module_that_does_not_exist\n" + GOOD)
     with pytest.raises(MethodError, match="needs_missing_lib.py: failed to import"):
-        load_method("needs_missing_lib", methods_dir=methods_dir)
-    assert load_method("average", methods_dir=methods_dir).hparams == {}
+        load_method("needs_missing_lib", dirs=methods_dir)
+    assert load_method("average", dirs=methods_dir).hparams == {}
 
 
 def test_unknown_hyperparameter_is_rejected():
@@ -106,17 +106,24 @@ def test_plan_of_default_config_has_ablations_only_on_brats():
         assert ("brats", f"fuse4seg-{variant}") in runs
         assert ("harvard_mri_spect", f"fuse4seg-{variant}") not in runs
     spec = plan.find("brats", "fuse4seg-variant_b", 0)
-    cfg = plan.run_config(spec)
-    assert cfg["hparams"]["w_grad"] == 0.0 and cfg["hparams"]["w_dec"] == 2.0
-    assert cfg["hparams"]["dim"] == 8  # method_scale: test applies the tiny test_config
-    assert cfg["info"]["ablation_label"] == "Variant B"
-    assert plan.run_config(plan.find("brats", "average", 0))["info"]["ablation_label"] is None
+    record = plan.record(spec)
+    assert record.hparams["w_grad"] == 0.0 and record.hparams["w_dec"] == 2.0
+    assert record.hparams["dim"] == 8  # method_scale: test applies the tiny test_config
+    assert plan.methods["fuse4seg"].label("variant_b") == ("Variant B", 2)
+    assert plan.methods["average"].label(None) == (None, None)
+    pipelines = {(s.dataset, s.run): s.pipeline for s in plan.runs}
+    assert pipelines[("brats", "fuse4seg")] == "joint"
+    assert pipelines[("brats", "fuse4seg-baseline")] == "disjoint"  # bilevel off: a disjoint pipeline
+    assert pipelines[("brats", "average")] == "disjoint"
+    assert pipelines[("brats", "unet_multichannel")] == "segmentation"
+    assert pipelines[("gfp_pc", "fuse4seg")] == pipelines[("gfp_pc", "average")] == "fusion"
 
 
 def test_config_validation_fills_defaults_and_names_bad_keys():
     config = default_config()
     assert config["datasets"]["brats"]["split_fractions"] == [0.6, 0.2, 0.2]
-    assert config["training"]["grad_clip"] == 1.0
+    assert "grad_clip" not in config["training"]  # resolved per run, see the precedence test
+    assert Plan(config).training("brats", "fuse4seg")["grad_clip"] == 1.0
     bad = yaml.safe_load(DEFAULT_CONFIG.read_text())
     bad["training"]["batch_size"] = 1
     bad["datasets"]["brats"]["keep"] = "everything"
@@ -142,3 +149,60 @@ def test_cli_help_and_methods_listing():
     out = subprocess.run([sys.executable, "-m", "benchmark", "methods", "--check"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "average" in out.stdout and "fuse4seg" in out.stdout
+
+
+def test_training_settings_resolve_method_then_config_then_dataset_then_method_training(methods_dir: Path):
+    (methods_dir / "clipped.py").write_text(GOOD.replace('"Max"', '"Clipped"').replace(
+        "trainable = False", "trainable = False\n    training = {'grad_clip': 0.01, 'batch_size': 64}"))
+    config = default_config()
+    config["training"] = {"batch_size": 4}
+    config["datasets"]["gfp_pc"]["training"] = {"fusion_epochs": 3}
+    config["method_training"] = {"clipped": {"fusion_epochs": 7}}
+    plan = Plan(config, methods_dir)
+    own = plan.record(plan.find("gfp_pc", "clipped", 0)).training
+    assert own["grad_clip"] == 0.01  # the method's default, the config writes none
+    assert own["batch_size"] == 4  # the config's training section beats the method's default
+    assert own["fusion_epochs"] == 7  # method_training beats the dataset's section
+    other = plan.record(plan.find("gfp_pc", "average", 0)).training
+    assert (other["grad_clip"], other["fusion_epochs"]) == (1.0, 3)  # schema default, dataset section
+    assert plan.training("gfp_pc")["grad_clip"] == 1.0  # the follower's settings have no method level
+
+
+def test_a_method_may_not_change_the_shared_follower_recipe(tmp_path: Path):
+    path = tmp_path / "m.py"
+    path.write_text("class Method:\n    kind = 'fusion'\n    training = {'follower_lr': 1.0}\n")
+    with pytest.raises(MethodError, match="follower_lr.*shared follower"):
+        read_method_info(path)
+
+
+def test_missing_requirement_skips_the_method_with_the_reason(methods_dir: Path):
+    (methods_dir / "needy.py").write_text(GOOD.replace(
+        "trainable = False", "trainable = False\n    requires = {'a_module_that_does_not_exist': 'nosuch>=1.0'}"))
+    warnings = []
+    plan = Plan(default_config(), methods_dir, warn=warnings.append)
+    assert "needy" not in {s.method for s in plan.runs}
+    assert plan.skipped == {"needy": "needs nosuch>=1.0 (pip install 'nosuch>=1.0')"}
+    assert plan.render_context()["skipped"] == plan.skipped
+    assert any("needy" in w and "nosuch>=1.0" in w for w in warnings)
+    with pytest.raises(MethodError, match="needy.py: needs nosuch"):
+        load_method("needy", dirs=methods_dir)
+
+
+def test_declared_weights_come_from_the_config_and_must_exist(methods_dir: Path, tmp_path: Path):
+    (methods_dir / "pretrained.py").write_text(GOOD.replace(
+        "trainable = False", "trainable = False\n    weights = {'encoder': 'an ImageNet encoder'}"))
+    config = default_config()
+    plan = Plan(config, methods_dir)
+    assert plan.record(plan.find("gfp_pc", "pretrained", 0)).weights == {}  # none given: from scratch
+    config["weights"] = {"pretrained": {"encoder": str(tmp_path / "missing.pth")}}
+    with pytest.raises(ConfigError, match="weights.pretrained.encoder: .*missing.pth: no such file"):
+        Plan(config, methods_dir)
+    config["weights"] = {"pretrained": {"decoder": str(tmp_path / "missing.pth")}}
+    with pytest.raises(ConfigError, match="weights.pretrained.decoder: .*declares no weight 'decoder'"):
+        Plan(config, methods_dir)
+    (tmp_path / "enc.pth").write_bytes(b"weights")
+    config["weights"] = {"pretrained": {"encoder": str(tmp_path / "enc.pth")}}
+    record = Plan(config, methods_dir).record(plan.find("gfp_pc", "pretrained", 0))
+    assert record.weights["encoder"]["path"] == str((tmp_path / "enc.pth").resolve())
+    method = load_method("pretrained", dirs=methods_dir, record=record)
+    assert method.weight_file("encoder") == (tmp_path / "enc.pth").resolve()

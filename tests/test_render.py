@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.render import collect_runs, render_all
+from pathlib import Path
+
+from benchmark.methods import MethodInfo
+from benchmark.record import FollowerConfig, RunConfig, pipeline_of
+from benchmark.render import collect_runs as _collect_runs
+from benchmark.render import render_all as _render_all
 from benchmark.render.figures import render_figures
 from benchmark.render.tables import paper_table, render_tables
 from metrics.stats import bootstrap_ci, paired_wilcoxon
@@ -34,18 +39,25 @@ MEAN_DICE = {
 # Fabricated per-image EN on harvard_mri_spect (fixture).
 EN = {"fuse4seg": {0: [7.0, 7.2, 7.4], 1: [7.3, 7.5, 7.7]}, "cddfuse": {0: [6.9, 7.0, 7.1], 1: [6.8, 7.0, 7.2]}}
 
-META = {
-    "fuse4seg": dict(method="fuse4seg", variant=None, kind="joint", display_name="Fuse4Seg",
-                     paper_name="Fuse4Seg (Ours)", ablation_label="Ours (Full)", ablation_order=3),
-    "fuse4seg-baseline": dict(method="fuse4seg", variant="baseline", kind="joint", display_name="Fuse4Seg",
-                              paper_name="Fuse4Seg (Ours)", ablation_label="Baseline (Disjoint)", ablation_order=0),
-    "cddfuse": dict(method="cddfuse", variant=None, kind="fusion", display_name="CDDFuse", paper_name="CDDFuse",
-                    ablation_label=None, ablation_order=None),
-    "average": dict(method="average", variant=None, kind="fusion", display_name="Average", paper_name=None,
-                    ablation_label=None, ablation_order=None),
-    "nnunet": dict(method="nnunet", variant=None, kind="multichannel", display_name="nnU-Net 2D",
-                   paper_name="nnU-Net", ablation_label=None, ablation_order=None),
+# Fixture method declarations (display fields come from the method, never from the run folder).
+METHODS = {
+    "fuse4seg": MethodInfo("fuse4seg", Path("fuse4seg.py"), "joint", "Fuse4Seg", "Fuse4Seg (Ours)",
+                           ablations={"baseline": {"label": "Baseline (Disjoint)", "order": 0}},
+                           full_label="Ours (Full)"),
+    "cddfuse": MethodInfo("cddfuse", Path("cddfuse.py"), "fusion", "CDDFuse", "CDDFuse"),
+    "average": MethodInfo("average", Path("average.py"), "fusion", "Average"),
+    "nnunet": MethodInfo("nnunet", Path("nnunet.py"), "multichannel", "nnU-Net 2D", "nnU-Net"),
 }
+CONTEXT = {"datasets": {"brats": {"kind": "brats", "pair": None},
+                        "harvard_mri_spect": {"kind": "paired", "pair": "MRI-SPECT"}}}
+
+
+def collect_runs(dirs):
+    return _collect_runs(dirs, CONTEXT, methods=METHODS)
+
+
+def render_all(dirs, out, **kwargs):
+    return _render_all(dirs, out, context=CONTEXT, methods=METHODS, **kwargs)
 
 
 def _disk(size: int, cy: float, cx: float, r: float) -> np.ndarray:
@@ -86,9 +98,12 @@ def _write_run(root, dataset, run, seed, *, seg=None, seg_settings=SEG_SETTINGS,
                examples=None, pair=None):
     directory = root / dataset / run / f"seed{seed}"
     directory.mkdir(parents=True)
-    meta = {**META[run], "run": run, "dataset": dataset, "dataset_kind": "paired" if pair else "brats",
-            "pair": pair, "seed": seed, "config": {}}
-    (directory / "run.json").write_text(json.dumps(meta))
+    method, _, variant = run.partition("-")
+    kind, dataset_kind = METHODS[method].kind, "paired" if pair else "brats"
+    pipeline = pipeline_of(kind, dataset_kind, bilevel=variant != "baseline")
+    RunConfig(dataset=dataset, dataset_kind=dataset_kind, method=method, kind=kind, variant=variant or None,
+              seed=seed, pipeline=pipeline, hparams={}, training={}, data={},
+              follower=FollowerConfig({}, {}) if pipeline == "joint" else None).write(directory / "config.json")
     if seg is not None:
         seg.to_csv(directory / "seg_scores.csv", index=False)
         (directory / "seg_scores.json").write_text(json.dumps(seg_settings))
@@ -352,16 +367,16 @@ def test_collect_runs_reads_scores_and_keeps_patient_ids(tree):
     assert failed.seg_scores is None and failed.examples_path is None
 
 
-@pytest.mark.parametrize("content, message", [(None, "missing run.json"), ("{not json", "malformed JSON"),
+@pytest.mark.parametrize("content, message", [(None, "missing"), ("{not json", "malformed JSON"),
                                                ('{"method": "x"}', "missing field")])
-def test_bad_run_json_names_the_file(tmp_path, content, message):
+def test_bad_run_record_names_the_file(tmp_path, content, message):
     run_dir = tmp_path / "brats" / "x" / "seed0"
     run_dir.mkdir(parents=True)
     if content is not None:
-        (run_dir / "run.json").write_text(content)
+        (run_dir / "config.json").write_text(content)
     with pytest.raises(ValueError, match=message) as info:
         collect_runs([run_dir])
-    assert str(run_dir / "run.json") in str(info.value)
+    assert str(run_dir / "config.json") in str(info.value)
 
 
 def test_score_file_without_required_columns_names_the_file(tree):

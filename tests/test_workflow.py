@@ -8,18 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from benchmark.data.store import SliceDataset
+
+from conftest import FIXTURE_METHODS, REPO
 
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
 pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--nolock", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -46,12 +49,15 @@ def test_bad_config_value_stops_with_the_key_named(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_config_runs_end_to_end_and_reports(tmp_path):
+    """The real workflow on tiny data with two fixture methods kept outside methods/ (``method_dirs``): one with
+    its own optimiser and two phases, one not trained on pairs and costly per slice (fused once per slice)."""
     config = {
         "results_dir": str(tmp_path / "results"),
         "seeds": [0],
         "device": "cpu",
         "threads_per_job": 1,
-        "methods": ["average", "fuse4seg"],
+        "methods": ["average", "two_phase", "costly"],  # Fuse4Seg's pipeline: tests/test_engines.py
+        "method_dirs": [str(FIXTURE_METHODS)],
         "method_scale": "test",
         "ablations": False,
         "datasets": {
@@ -61,27 +67,56 @@ def test_tiny_config_runs_end_to_end_and_reports(tmp_path):
                                   "synthetic": {"pair": "SPECT", "n_studies": 4, "slices_per_study": 2, "size": 32},
                                   "split_fractions": [0.5, 0.25, 0.25]},
         },
-        "training": {"batch_size": 4, "fusion_epochs": 1, "warmup_epochs": 1, "bilevel_epochs": 1,
+        "training": {"batch_size": 4, "fusion_epochs": 1, "warmup_epochs": 2, "bilevel_epochs": 1,
                      "max_batches_per_epoch": 2},
         "follower": {"dims": [4, 8, 16, 32], "depths": [1, 1, 1, 1], "bottleneck_heads": 2},
         "evaluation": {"n_examples": 2},
     }
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    out = snakemake("--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg), cwd=tmp_path)
+    fused_log = tmp_path / "costly_calls.txt"
+    env = {"COSTLY_FUSION_LOG": str(fused_log)}
+    out = snakemake("--cores", "2", "--resources", "gpu=2", "--configfile", str(cfg), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    tables = tmp_path / "results" / "tables"
+    results = tmp_path / "results"
+    tables = results / "tables"
     table1 = pd.read_csv(tables / "table1_segmentation.csv")
-    assert {"Average + Seg", "Fuse4Seg"} <= set(table1.astype(str).stack())
+    assert {"Average + Seg", "Two-phase fixture + Seg", "Costly fixture + Seg"} <= set(table1.astype(str).stack())
+    assert (table1["status"] == "ok").all()
     for name in ("table1_segmentation", "table2_fusion", "table3_ablation"):
         for ext in ("csv", "md", "tex"):
             assert (tables / f"{name}.{ext}").stat().st_size > 0
-    assert list((tmp_path / "results" / "figures").glob("interpretability_brats.png"))
-    for log in ("train.log", "evaluate.log"):
-        assert (tmp_path / "results" / "logs" / "brats" / "fuse4seg" / "seed0" / log).is_file()
-    assert (tmp_path / "results" / "benchmarks" / "brats" / "fuse4seg" / "seed0" / "train.tsv").is_file()
+    assert list((results / "figures").glob("overlays_brats.png"))
+    assert list((results / "figures").glob("fusion_grid_harvard_mri_spect.png"))
+    for log in ("train.log", "fuse.log", "train_follower.log", "evaluate.log"):
+        assert (results / "logs" / "brats" / "costly" / "seed0" / log).is_file()
+    assert (results / "benchmarks" / "brats" / "costly" / "seed0" / "fuse.tsv").is_file()
+
+    # the costly method fused every slice of the stores it needed exactly once (BraTS: train, val and test for
+    # its follower and scores; Harvard: test), although the follower read the fused train slices for 3 epochs
+    def n_slices(dataset, splits):
+        return sum(len(SliceDataset(results / dataset / "store" / f"{s}.h5")) for s in splits)
+
+    calls = fused_log.read_text().split()
+    assert len(calls) == n_slices("brats", ("train", "val", "test")) + n_slices("harvard_mri_spect", ("test",))
+    assert len(set(calls)) == len(calls)
+    # the two-phase method's own recipe ran: its stages, Adam with its step decay, not the default cosine
+    log = pd.read_csv(results / "brats" / "two_phase" / "seed0" / "train_log.csv")
+    assert list(log["stage"]) == ["reconstruction"] * 2 + ["fusion"] * 2
+    assert log["lr"].to_numpy() == pytest.approx(1e-2 * 0.5 ** np.arange(4))
+    follower_log = pd.read_csv(results / "brats" / "two_phase" / "seed0" / "follower" / "train_log.csv")
+    assert list(follower_log["stage"]) == ["follower"] * 3  # warmup_epochs + bilevel_epochs
+
     again = snakemake("-n", "--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr  # a re-run recomputes nothing
+    # evaluation settings are not part of any run: changing them re-evaluates and trains nothing
+    config["evaluation"]["n_examples"] = 1
+    cfg.write_text(yaml.safe_dump(config))
+    changed = snakemake("-n", "--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg), cwd=tmp_path)
+    jobs = changed.stdout + changed.stderr
+    assert "rule evaluate_segmentation" in jobs and "rule evaluate_fusion" in jobs
+    for rule in ("rule train:", "rule train_follower", "rule fuse:"):
+        assert rule not in jobs, jobs[-3000:]
     report = snakemake("--configfile", str(cfg), "--report", str(tmp_path / "report.html"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -195,6 +195,16 @@ class SliceDataset(Dataset):
             self._file, self._datasets = None, {}
 
 
+def read_geometry(store_path: Path | str) -> dict[str, dict[str, Any]]:
+    """Every patient's ``shape``, ``affine`` and ``crop`` (BraTS stores; empty for paired stores)."""
+    with h5py.File(store_path, "r") as f:
+        if "geometry" not in f:
+            return {}
+        return {patient: {"shape": tuple(group.attrs["shape"].tolist()), "affine": np.asarray(group.attrs["affine"]),
+                          "crop": tuple(group.attrs["crop"].tolist())}
+                for patient, group in f["geometry"].items()}
+
+
 def reassemble_volume(store_path: Path | str, patient: str,
                       slice_predictions: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Put H x W slice predictions of a BraTS patient back into its original (X, Y, Z) grid.

@@ -1,8 +1,11 @@
 """Reading run directories (`results/<dataset>/<run>/seed<k>/`) into records the tables and figures share.
 
-A run may have failed or be unfinished: every score file is optional and a missing one stays `None`, so the
-renderers can show "missing" instead of a number. A missing or malformed `run.json`, or a score file without its
-required columns, is an error that names the file: rendering silently around a broken file would hide it.
+A run is identified by its `config.json` (`benchmark.record.RunConfig`); its display fields (row label, the
+paper's row name, Table 3 label and order) come from the method's declaration, read without importing it, and
+dataset labels (Table 2's pair) from the workflow's context. A run may have failed or be unfinished: every
+score file is optional and a missing one stays `None`, so the renderers can show "missing" instead of a number.
+A missing or malformed `config.json`, or a score file without its required columns, is an error that names the
+file: rendering silently around a broken file would hide it.
 """
 
 from __future__ import annotations
@@ -10,26 +13,31 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-KINDS = ("fusion", "multichannel", "joint")
-SEG_METRICS = ("NCR_dice", "NCR_iou", "ED_dice", "ED_iou", "ET_dice", "ET_iou", "mean_dice", "mean_iou")
-FUSION_METRICS = ("EN", "SD", "MI", "PSNR", "SF", "Qabf", "SSIM")
+from metrics.fusion import METRICS as FUSION_METRICS
+from metrics.segmentation import TABLE_COLUMNS as SEG_METRICS
+
+from ..methods import MethodInfo, discover_methods
+from ..record import FOLLOWER_DIR, RecordError, RunConfig
+
 # Table 1 groups in the paper's order; the group names are those of paper_tables/table1_segmentation.csv.
 GROUP_BY_KIND = {"fusion": "disjoint", "multichannel": "multichannel", "joint": "proposed"}
 GROUP_ORDER = ("disjoint", "multichannel", "proposed")
-_REQUIRED_META = ("method", "kind", "dataset", "seed")
+FROM_SCRATCH = " (from scratch)"
 
 
 @dataclass
 class RunRecord:
-    """One seed of one run: its `run.json` fields and whichever result files exist (None when absent)."""
+    """One seed of one run: its record, its method's declaration and whichever result files exist."""
 
     path: Path
-    meta: dict
+    config: RunConfig
+    info: MethodInfo | None = None
+    pair: str | None = None
     seg_scores: pd.DataFrame | None = None
     seg_settings: dict | None = None
     fusion_scores: pd.DataFrame | None = None
@@ -39,52 +47,54 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        return self.meta["method"]
+        return self.config.method
 
     @property
     def variant(self) -> str | None:
-        return self.meta.get("variant")
+        return self.config.variant
 
     @property
     def run(self) -> str:
-        return self.meta.get("run") or (f"{self.method}-{self.variant}" if self.variant else self.method)
+        return self.config.run
 
     @property
     def kind(self) -> str:
-        return self.meta["kind"]
+        return self.config.kind
 
     @property
     def display_name(self) -> str:
-        return self.meta.get("display_name") or self.run
+        """The method's display name; "(from scratch)" when it declares weights the run was not given."""
+        name = self.info.display_name if self.info else self.method
+        if self.info and set(self.info.weights) - set(self.config.weights):
+            name += FROM_SCRATCH
+        return name
 
     @property
     def paper_name(self) -> str | None:
-        return self.meta.get("paper_name")
+        return self.info.paper_name if self.info else None
 
     @property
     def ablation_label(self) -> str | None:
-        return self.meta.get("ablation_label")
+        if self.info is None or (self.variant is not None and self.variant not in self.info.ablations):
+            return None
+        return self.info.label(self.variant)[0]
 
     @property
     def ablation_order(self) -> float:
-        order = self.meta.get("ablation_order")
+        order = self.info.label(self.variant)[1] if self.ablation_label is not None else None
         return float("inf") if order is None else float(order)
 
     @property
     def dataset(self) -> str:
-        return self.meta["dataset"]
+        return self.config.dataset
 
     @property
     def dataset_kind(self) -> str:
-        return self.meta.get("dataset_kind") or ("paired" if self.pair else "brats")
-
-    @property
-    def pair(self) -> str | None:
-        return self.meta.get("pair")
+        return self.config.dataset_kind
 
     @property
     def seed(self) -> int:
-        return int(self.meta["seed"])
+        return self.config.seed
 
     @property
     def is_main(self) -> bool:
@@ -108,16 +118,12 @@ class RunRecord:
 
     @property
     def modalities(self) -> list[str]:
-        """Names of the source channels, for figure titles (config first, then the dataset's conventions)."""
-        configured = (self.meta.get("config") or {}).get("modalities")
-        if configured:
-            return [str(m) for m in configured]
-        if self.pair:
-            # Channel 0 is the anatomical image, channel 1 the functional one (DESIGN.md, slice store).
-            parts = self.pair.split("-")
-            functional = {"SPECT", "PET", "GFP", "CT"}
-            return [p for p in parts if p.upper() not in functional] + [p for p in parts if p.upper() in functional]
-        return ["T1ce", "FLAIR"]
+        """Names of the source channels, for figure titles: the configured modalities (BraTS), or the
+        anatomical then the functional image (paired stores hold them in that order)."""
+        data = self.config.data
+        if data.get("modalities"):
+            return [str(m) for m in data["modalities"]]
+        return [str(data.get("anatomical") or "anatomical"), str(data.get("functional") or "functional")]
 
     def load_examples(self) -> dict[str, np.ndarray] | None:
         """The example arrays of `examples.npz` (no pickle), or None when the run saved none."""
@@ -175,44 +181,68 @@ def _read_train_log(path: Path) -> pd.DataFrame | None:
     return frame
 
 
-def read_run(run_dir: str | Path) -> RunRecord:
-    """Read one seed directory; raises ValueError naming `run.json` when it is missing or malformed."""
+def _run_log(run_dir: Path) -> pd.DataFrame | None:
+    """The run's training log; a disjoint pipeline's follower log follows it, its epochs numbered on."""
+    logs = [log for log in (_read_train_log(run_dir / "train_log.csv"),
+                            _read_train_log(run_dir / FOLLOWER_DIR / "train_log.csv")) if log is not None]
+    if len(logs) < 2:
+        return logs[0] if logs else None
+    first, follower = logs
+    offset = int(first["epoch"].max()) + 1 if len(first) else 0
+    return pd.concat([first, follower.assign(epoch=follower["epoch"] + offset)], ignore_index=True)
+
+
+def read_run(run_dir: str | Path, *, methods: dict[str, MethodInfo] | None = None,
+             context: dict[str, Any] | None = None) -> RunRecord:
+    """Read one seed directory; raises ValueError naming `config.json` when it is missing or malformed.
+
+    ``methods``: declarations by name (default: every discovered method); ``context``: the workflow's dataset
+    labels (``{"datasets": {name: {"pair": ...}}}``).
+    """
     run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
-    if not meta_path.is_file():
-        raise ValueError(f"{meta_path}: missing run.json (not a run directory?)")
-    meta = _read_json(meta_path)
-    absent = [k for k in _REQUIRED_META if meta.get(k) is None]
-    if absent:
-        raise ValueError(f"{meta_path}: missing field(s) {', '.join(absent)}")
-    if meta["kind"] not in KINDS:
-        raise ValueError(f"{meta_path}: kind {meta['kind']!r} is not one of {', '.join(KINDS)}")
     try:
-        int(meta["seed"])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{meta_path}: seed {meta['seed']!r} is not an integer") from exc
+        config = RunConfig.of_run_dir(run_dir)
+    except RecordError as exc:
+        raise ValueError(f"{exc} (not a run directory?)") from exc
+    if methods is None:
+        methods = discover_methods()[0]
+    datasets = (context or {}).get("datasets", {})
     examples = run_dir / "examples.npz"
     return RunRecord(
         path=run_dir,
-        meta=meta,
+        config=config,
+        info=methods.get(config.method),
+        pair=datasets.get(config.dataset, {}).get("pair"),
         seg_scores=_read_scores(run_dir / "seg_scores.csv", "patient", SEG_METRICS),
         seg_settings=_read_json(run_dir / "seg_scores.json"),
         fusion_scores=_read_scores(run_dir / "fusion_scores.csv", "name", FUSION_METRICS),
         fusion_settings=_read_json(run_dir / "fusion_scores.json"),
-        train_log=_read_train_log(run_dir / "train_log.csv"),
+        train_log=_run_log(run_dir),
         examples_path=examples if examples.is_file() else None,
     )
 
 
-def collect_runs(run_dirs: Iterable[str | Path]) -> list[RunRecord]:
-    """Read every seed directory, keeping the given order; the same (dataset, run, seed) twice is an error."""
+def method_declarations(context: dict[str, Any] | None = None) -> dict[str, MethodInfo]:
+    """The methods' display fields: the workflow's context when it has them, else every discovered method."""
+    if (context or {}).get("methods"):
+        return {name: MethodInfo.from_display(name, d) for name, d in context["methods"].items()}
+    return discover_methods()[0]
+
+
+def collect_runs(run_dirs: Iterable[str | Path], context: dict[str, Any] | None = None, *,
+                 methods: dict[str, MethodInfo] | None = None) -> list[RunRecord]:
+    """Read every seed directory, keeping the given order; the same (dataset, run, seed) twice is an error.
+
+    ``methods``: the declarations that give display fields (default: the context's, else every discovered method).
+    """
     records: list[RunRecord] = []
     seen: dict[tuple, Path] = {}
+    methods = method_declarations(context) if methods is None else methods
     for run_dir in dict.fromkeys(Path(d).resolve() for d in run_dirs):
-        record = read_run(run_dir)
+        record = read_run(run_dir, methods=methods, context=context)
         key = (record.dataset, record.run, record.seed)
         if key in seen:
-            raise ValueError(f"{run_dir / 'run.json'}: same dataset/run/seed {key} as {seen[key] / 'run.json'}")
+            raise ValueError(f"{run_dir / 'config.json'}: same dataset/run/seed {key} as {seen[key] / 'config.json'}")
         seen[key] = run_dir
         records.append(record)
     return records

@@ -383,8 +383,10 @@ def _group_rank(group: str | None) -> int:
     return GROUP_ORDER.index(group) if group in GROUP_ORDER else 0
 
 
-def _compare_block(block_key: dict, rows: list[RowSummary], paper: pd.DataFrame, spec: TableSpec) -> list[dict]:
-    """Our rows joined to the paper's by row name; paper rows nobody reproduced come out as missing."""
+def _compare_block(block_key: dict, rows: list[RowSummary], paper: pd.DataFrame, spec: TableSpec,
+                   skipped: dict[str, str]) -> list[dict]:
+    """Our rows joined to the paper's by row name; paper rows nobody reproduced come out as missing, or as
+    skipped with the reason when their method could not run here (``skipped``: normalised paper row -> why)."""
     paper_rows = {_norm(name): (i, name, rec) for i, (name, rec) in
                   enumerate(zip(paper[spec.paper_key], paper.to_dict("records")))}
     has_group = "group" in spec.id_columns
@@ -414,7 +416,8 @@ def _compare_block(block_key: dict, rows: list[RowSummary], paper: pd.DataFrame,
         for metric in spec.metrics:
             out.append({**block_key, "group": group, "label": name, "run": None, "paper_row": name,
                         "metric": metric, "ours": math.nan, "ours_std": math.nan, "n_seeds": 0,
-                        "paper": float(rec[metric]), "diff": math.nan, "status": MISSING,
+                        "paper": float(rec[metric]), "diff": math.nan,
+                        "status": f"skipped: {skipped[key]}" if key in skipped else MISSING,
                         "_sort": (_group_rank(group), index, math.inf)})
     if not has_group:
         for line in out:
@@ -422,29 +425,43 @@ def _compare_block(block_key: dict, rows: list[RowSummary], paper: pd.DataFrame,
     return out
 
 
-def compare_with_paper(blocks: list[Block], spec: TableSpec) -> pd.DataFrame:
-    """Ours, paper and ours - paper for every cell, per block; paper-only rows are status "missing"."""
+def _skipped_paper_rows(spec: TableSpec, skipped: dict[str, tuple]) -> dict[str, str]:
+    """Normalised paper row names of the methods skipped here (missing dependencies) -> the reason."""
+    rows = {}
+    for reason, info in skipped.values():
+        if info is None or info.paper_name is None:
+            continue
+        paper = f"{info.paper_name} + Seg" if spec is TABLE1 and info.kind == "fusion" else info.paper_name
+        rows[_norm(paper)] = reason
+    return rows
+
+
+def compare_with_paper(blocks: list[Block], spec: TableSpec, skipped: dict[str, tuple] | None = None) -> pd.DataFrame:
+    """Ours, paper and ours - paper for every cell, per block; paper-only rows are status "missing" (or
+    "skipped: <reason>" for the methods in ``skipped``: name -> (why it could not run here, its MethodInfo))."""
+    skipped = _skipped_paper_rows(spec, skipped or {})
     paper = paper_table(spec.paper_file)
     lines, covered = [], set()
     for block in blocks:
         match = tuple(block.key[c] for c in spec.paper_match)
         covered.add(match)
         subset = paper[(paper[list(spec.paper_match)] == list(match)).all(axis=1)] if spec.paper_match else paper
-        lines += sorted(_compare_block(block.key, block.rows, subset, spec), key=lambda d: d["_sort"])
+        lines += sorted(_compare_block(block.key, block.rows, subset, spec, skipped), key=lambda d: d["_sort"])
     uncovered = paper.groupby(list(spec.paper_match), sort=False) if spec.paper_match else [((), paper)]
     for match, subset in uncovered:
         match = match if isinstance(match, tuple) else (match,)
         if match in covered:
             continue
         key = {c: None for c in spec.block_columns} | dict(zip(spec.paper_match, match))
-        lines += sorted(_compare_block(key, [], subset, spec), key=lambda d: d["_sort"])
+        lines += sorted(_compare_block(key, [], subset, spec, skipped), key=lambda d: d["_sort"])
     frame = pd.DataFrame(lines)
     return frame.drop(columns="_sort") if len(frame) else frame
 
 
 def _comparison_cell(line: dict) -> str:
     metric = line["metric"]
-    ours = MISSING if line["status"] == MISSING else (
+    not_run = line["status"] == MISSING or str(line["status"]).startswith("skipped")
+    ours = MISSING if not_run else (
         _number(line["ours"], metric) if math.isfinite(line["ours"]) else "n/a")
     if not math.isfinite(line["paper"]):
         return f"{ours} / –"
@@ -482,7 +499,8 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))  # shortest round-trip repr: full precision
 
 
-def render_tables(records: Iterable[RunRecord], out_dir: str | Path, *, reference: str | None = None) -> list[Path]:
+def render_tables(records: Iterable[RunRecord], out_dir: str | Path, *, reference: str | None = None,
+                  skipped: dict[str, tuple] | None = None) -> list[Path]:
     """Write every table (CSV, Markdown, LaTeX) and its paper comparison (CSV, Markdown) under `out_dir`.
 
     All files are written even without matching runs, so a workflow can name them as outputs.
@@ -493,7 +511,7 @@ def render_tables(records: Iterable[RunRecord], out_dir: str | Path, *, referenc
     written = []
     for spec in TABLES:
         blocks = build_blocks(records, spec, reference)
-        comparison = compare_with_paper(blocks, spec)
+        comparison = compare_with_paper(blocks, spec, skipped)
         written += [
             _write_csv(out_dir / f"{spec.stem}.csv", tidy_frame(blocks, spec)),
             write_text_atomic(out_dir / f"{spec.stem}.md", _markdown(blocks, spec)),

@@ -2,21 +2,27 @@
 import json
 import os
 
+from benchmark.record import fused_splits
+
 
 localrules:
     synthesize,
     run_config,
+    follower_config,
     render,
 
 
 wildcard_constraints:
+    dataset=r"[A-Za-z0-9_]+",
     seed=r"\d+",
     run=r"[A-Za-z0-9_\-]+",
+    split=r"train|val|test",
 
 
 BRATS = PLAN.datasets_of_kind("brats")
 PAIRED = PLAN.datasets_of_kind("paired")
 ENV = "../envs/benchmark.yaml"
+RUN_DIR = f"{RESULTS}/{{dataset}}/{{run}}/seed{{seed}}"
 
 
 def one_of(names):
@@ -28,8 +34,16 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-def store_files(dataset):
-    return expand(f"{RESULTS}/{dataset}/store/{{split}}.h5", split=["train", "val", "test"])
+def spec_of(wildcards):
+    return PLAN.find(wildcards.dataset, wildcards.run, wildcards.seed)
+
+
+def run_dir(wildcards):
+    return f"{RESULTS}/{wildcards.dataset}/{wildcards.run}/seed{wildcards.seed}"
+
+
+def store_files(dataset, splits=("train", "val", "test")):
+    return [f"{RESULTS}/{dataset}/store/{split}.h5" for split in splits]
 
 
 def raw_input(wildcards):
@@ -39,13 +53,22 @@ def raw_input(wildcards):
     return []
 
 
+def segmenter_inputs(wildcards):
+    """What scores a BraTS run: the follower on the run's fused test store, or the method on the sources."""
+    spec, folder = spec_of(wildcards), run_dir(wildcards)
+    if spec.pipeline == "segmentation":
+        return [f"{folder}/model.safetensors"]
+    model = f"{folder}/follower/model.safetensors" if spec.pipeline == "disjoint" else f"{folder}/model.safetensors"
+    return [model, f"{folder}/fused_store/test.h5"]
+
+
 def render_inputs(wildcards):
     """Scores and example arrays of every planned run."""
     files = []
     for spec in PLAN.runs:
-        run_dir = f"{RESULTS}/{spec.path}"
+        folder = f"{RESULTS}/{spec.path}"
         scores = "seg_scores.csv" if PLAN.dataset_kind(spec.dataset) == "brats" else "fusion_scores.csv"
-        files += [f"{run_dir}/{scores}", f"{run_dir}/examples.npz"]
+        files += [f"{folder}/{scores}", f"{folder}/examples.npz"]
     return files
 
 

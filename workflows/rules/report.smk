@@ -26,9 +26,11 @@ rule render:
     params:
         results=lambda w, output: os.path.dirname(output.figures),
         runs=[f"{RESULTS}/{spec.path}" for spec in PLAN.runs],
+        context=as_json(PLAN.render_context()),
     log:
         f"{RESULTS}/logs/render.log",
     conda:
         ENV
     shell:
-        "python -m benchmark render --out {params.results} --runs {params.runs} > {log} 2>&1"
+        "python -m benchmark render --out {params.results} --context {params.context:q} --runs {params.runs} "
+        "> {log} 2>&1"

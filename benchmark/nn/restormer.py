@@ -13,7 +13,7 @@ Declared simplifications / choices:
   sums H x W squares and overflows float16 at the image sizes used here.
 - Every layer is size-agnostic (3 x 3 convolutions with padding 1), so any H, W works, odd included.
 
-``LayerNorm2d`` and ``pad_to_multiple`` are shared with the ConvNeXt follower (``methods._convnext_unet``).
+``LayerNorm2d`` and ``pad_to_multiple`` are shared with the ConvNeXt follower (``benchmark.nn.convnext_unet``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods._restormer import LayerNorm2d, pad_to_multiple
+from .restormer import LayerNorm2d, pad_to_multiple
 
 CONVNEXT_LN_EPS = 1e-6
 
