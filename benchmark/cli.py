@@ -135,6 +135,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
     found, problems = discover_methods()
     failed = dict(problems)
+    if args.params:
+        _print_parameter_counts(found, failed)
     for name, info in found.items():
         missing = info.missing_reason()
         status = f"skipped: {missing}" if missing else ""
@@ -160,6 +162,31 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def _device_and_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _print_parameter_counts(found: dict, failed: dict) -> None:
+    """Every method's networks at full size: parameters (frozen ones apart) beside the reference code's count."""
+    from .methods import load_method
+
+    print(f"{'method':20s} {'ours':>13s} {'frozen':>11s} {'reference':>13s} {'diff':>8s}  reference code")
+    for name, info in found.items():
+        if info.missing_reason():
+            continue
+        try:
+            nets = load_method(name).networks()
+        except Exception as err:  # report and go on
+            failed[name] = f"cannot build at full size: {type(err).__name__}: {err}"
+            continue
+        params = [p for net in nets.values() for p in net.parameters()]
+        ours = sum(p.numel() for p in params)
+        frozen = sum(p.numel() for p in params if not p.requires_grad)
+        ref = info.reference.get("parameters")
+        diff = f"{100 * (ours - ref) / ref:+.1f}%" if ref else "-"
+        where = " @ ".join(str(info.reference[k]) for k in ("repository", "commit") if info.reference.get(k))
+        print(f"{name:20s} {ours:13,d} {frozen:11,d} {ref or 0:13,d} {diff:>8s}  {where}")
+        if info.reference.get("notes"):
+            print(f"{'':22s}{info.reference['notes']}")
+    print()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the method plugins found in methods/")
     p.add_argument("--check", action="store_true", help="also import each method and report failures")
+    p.add_argument("--params", action="store_true",
+                   help="build every method at full size and print its parameter count beside the reference's")
     p.set_defaults(func=cmd_methods)
 
     from metrics.cli import add_parser as add_metrics_parser

@@ -62,6 +62,7 @@ _LITERAL_ATTRS = (
     "requires",
     "accelerators",
     "weights",
+    "reference",
     "ablations",
     "full_label",
 )
@@ -93,6 +94,7 @@ class MethodInfo:
     requires: dict[str, str] = field(default_factory=dict)
     accelerators: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
     ablations: dict[str, dict[str, Any]] = field(default_factory=dict)
     full_label: str | None = None
 
@@ -162,6 +164,16 @@ def _check_str_map(path: Path, values: dict[str, Any], attr: str) -> dict[str, s
     return dict(mapping)
 
 
+def _check_reference(path: Path, reference: Any) -> dict[str, Any]:
+    """``reference``: the official code (``repository``, ``commit``), its full-size ``parameters`` and ``notes``."""
+    if not isinstance(reference, dict) or set(reference) - {"repository", "commit", "parameters", "notes"}:
+        raise MethodError(f"{path}: Method.reference must be a dict with repository, commit, parameters, notes")
+    count = reference.get("parameters")
+    if count is not None and not (isinstance(count, int) and count > 0):
+        raise MethodError(f"{path}: Method.reference['parameters'] must be a positive int or None")
+    return dict(reference)
+
+
 def read_method_info(path: Path) -> MethodInfo:
     """Read one method file's declaration statically and validate it."""
     path = Path(path)
@@ -205,6 +217,7 @@ def read_method_info(path: Path) -> MethodInfo:
         requires=_check_str_map(path, values, "requires"),
         accelerators=_check_str_map(path, values, "accelerators"),
         weights=_check_str_map(path, values, "weights"),
+        reference=_check_reference(path, values.get("reference", {})),
         ablations=dict(ablations),
         full_label=values.get("full_label"),
     )
@@ -287,6 +300,7 @@ class MethodBase(ABC):
     requires: dict[str, str] = {}
     accelerators: dict[str, str] = {}
     weights: dict[str, str] = {}
+    reference: dict[str, Any] = {}
 
     def __init__(self, hparams: dict[str, Any] | None = None, *, name: str | None = None,
                  record: "RunConfig | None" = None):

@@ -3,9 +3,9 @@
 Leader (paper 3.3): shared Restormer encoder, Lite-Transformer low-frequency and INN high-frequency
 branches, a learnable fusion unit and a transformer decoder to one channel, min-max normalised
 (``methods/_fuse4seg_leader.py``). Follower (3.4): the shared ConvNeXt U-Net with an attention bottleneck
-(``methods/_convnext_unet.py``), built by the engine for every pipeline. Training (3.2): follower warm-up on
-the average prior, then K follower steps on D_tr and one leader step on D_val per batch, EMA leader at
-evaluation (``benchmark/training/engines.py``).
+(``benchmark/nn/convnext_unet.py``), built by the framework for every pipeline. Training (3.2): follower warm-up
+on the average prior, then K follower steps on D_tr and one leader step on D_val per batch, EMA leader at
+evaluation (``benchmark/training/bilevel.py``, the default recipe of joint methods).
 
 Loss weights: the paper's values of lambda_1..3 were lost from its text; ours (w_dec = 2, w_grad = 10,
 w_mse = 10, w_seg = 1) are configurable. w_dec and w_grad follow CDDFuse's balance. The anchor needs the
@@ -48,6 +48,13 @@ class Method(JointMethod):
     }
     test_config = {"dim": 8, "heads": 2, "encoder_blocks": 1, "decoder_blocks": 1, "inn_nodes": 1}
     full_label = "Ours (Full)"
+    reference = {
+        "repository": "https://github.com/Zhaozixiang1228/MMIF-CDDFuse",
+        "commit": "fd8da1f",
+        "parameters": 1188272,
+        "notes": "no official Fuse4Seg code; the leader is CDDFuse's network (+1.2%: invertible LU 1x1 mixing in "
+                 "the INN, depthwise Lite-Transformer MLP conv; see methods/_fuse4seg_leader.py)",
+    }
     ablations = {
         "baseline": {"label": "Baseline (Disjoint)", "order": 0, "overrides": {"bilevel": False}},
         "variant_a": {"label": "Variant A", "order": 1, "overrides": {"w_dec": 0.0, "w_grad": 0.0}},

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmark.methods import discover_methods, load_method
+from benchmark.methods import METHOD_DIRS_ENV, discover_methods, load_method
 from benchmark.record import RunConfig
 from metrics.segmentation import N_CLASSES
 
@@ -84,3 +84,25 @@ def test_trains_and_evaluates_end_to_end(name, dataset_kind, stores, tmp_path):
     trained = load_file(str(tmp_path / "model.safetensors"))
     if len(log) and any(v.is_floating_point() for v in initial.values()):
         assert any(not torch.allclose(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
+
+
+def test_the_templates_two_examples_train_and_evaluate(stores, tmp_path, monkeypatch):
+    """``methods/_template.py`` stays runnable: its fusion example (own two-phase recipe) and its segmentation
+    example (own optimiser), each copied as a method file, go through the whole pipeline."""
+    from conftest import REPO
+
+    text = (REPO / "methods" / "_template.py").read_text(encoding="utf-8")
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    (methods / "template_fusion.py").write_text(text)
+    (methods / "template_segmentation.py").write_text(
+        text.replace("class Method(FusionMethod)", "class FusionExample(FusionMethod)")
+            .replace("class SegmentationMethodExample(MultiChannelMethod)", "class Method(MultiChannelMethod)"))
+    monkeypatch.setenv(METHOD_DIRS_ENV, str(methods))  # as the workflow's method_dirs does for its jobs
+    plan = tiny_plan()
+    run_tiny_pipeline(plan, "brats", "template_fusion", stores, tmp_path / "fusion")
+    log = pd.read_csv(tmp_path / "fusion" / "train_log.csv")
+    assert list(log["stage"]) == ["reconstruction", "fusion"]
+    run_tiny_pipeline(plan, "brats", "template_segmentation", stores, tmp_path / "segmentation")
+    log = pd.read_csv(tmp_path / "segmentation" / "train_log.csv")
+    assert list(log["stage"]) == ["segmentation"] * 2 and log["lr"].iloc[0] == pytest.approx(1e-2)
