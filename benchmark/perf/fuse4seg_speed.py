@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from benchmark.methods import load_method
-from benchmark.training.engines import TrainingConfig, bilevel_iteration
+from benchmark.training.bilevel import bilevel_iteration
 from benchmark.training.follower import build_follower
 from benchmark.training.loop import autocast, clip_and_step
 from benchmark.training.losses import segmentation_loss
