@@ -436,13 +436,30 @@ class JointMethod(FusionMethod, ABC):
         """Return the fusion leader: ``(a, b) -> output`` whose ``.fused`` is (B, 1, H, W) in [0, 1]."""
 
     @abstractmethod
+    def physical_terms(self, leader_output: Any, a: "torch.Tensor", b: "torch.Tensor") -> dict[str, tuple]:
+        """The leader's physical regularisers, ``name -> (weight, loss)``; used with and without bi-level."""
+
     def physical_loss(self, leader_output: Any, a: "torch.Tensor", b: "torch.Tensor") -> tuple["torch.Tensor", dict]:
-        """Return ``(loss, parts)``: the leader's physical regularisers, used with and without bi-level."""
+        """``(sum of weight x loss, {name: loss value})``; every term is logged, a zero weight included."""
+        terms = self.physical_terms(leader_output, a, b)
+        total = sum(weight * loss for weight, loss in terms.values())
+        return total, {name: loss.item() for name, (_, loss) in terms.items()}
+
+    def prior(self, a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
+        """The deterministic physical prior (paper 3.2): the follower warms up on it. The average of the sources;
+        a method whose leader normalises its output overrides this to give the prior in the same domain, so that at
+        the first bi-level step the follower sees the distribution it was warmed up on."""
+        return 0.5 * (a + b)
 
     @property
     def bilevel(self) -> bool:
         """False turns the method into its disjoint baseline: physical losses only, then the follower."""
         return bool(self.hparams.get("bilevel", True))
+
+    @property
+    def semantic_weight(self) -> float:
+        """Weight of the segmentation loss in the leader's objective (hyper-parameter ``w_seg``, default 1)."""
+        return float(self.hparams.get("w_seg", 1.0))
 
     def build(self) -> "torch.nn.Module":
         return self.build_leader()
@@ -457,11 +474,18 @@ class JointMethod(FusionMethod, ABC):
         return self.physical_loss(model(a, b), a, b)
 
     def stages(self, ctx: "TrainContext", nets: dict[str, "torch.nn.Module"]) -> list["Stage"]:
-        if "follower" not in nets:  # paired data or the disjoint baseline: a fusion method at the leader's rate
-            return self._fusion_recipe(ctx, nets, ctx.training.leader_lr)
-        from .training.bilevel import bilevel_stages
+        from .training.bilevel import bilevel_stages, leader_monitor
+        from .training.stages import fusion_stage
 
-        return bilevel_stages(self, ctx, nets)
+        if "follower" in nets:
+            return bilevel_stages(self, ctx, nets)
+        # paired data or the disjoint baseline: a fusion method on the physical losses, at the leader's rate
+        if ctx.training.fusion_epochs == 0:
+            return []
+        leader, lr = nets["leader"], ctx.training.leader_lr
+        optimizer = ctx.track(self.configure_optimizer(leader, ctx, lr), "leader")
+        return [fusion_stage(ctx, "fusion", leader, optimizer, self.fusion_loss, ctx.training.fusion_epochs, lr,
+                             monitor=leader_monitor(self, ctx))]
 
     def finish(self, ctx: "TrainContext", nets: dict[str, "torch.nn.Module"]) -> None:
         ema = ctx.state.emas.get("leader")

@@ -31,10 +31,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from benchmark.nn.functional import minmax_per_image
 from benchmark.nn.inn import INNBlock
 from benchmark.nn.restormer import TransformerBlock, lite_transformer, pad_to_multiple
 
-MINMAX_EPS = 1e-6
+
+OUTPUT_RANGES = ("minmax", "sigmoid")
+PRIOR_EPS = 1e-4  # logit(prior) is bounded by +-9.2, so the correction can still move any pixel
 
 
 class LeaderOutput(NamedTuple):
@@ -45,14 +48,6 @@ class LeaderOutput(NamedTuple):
     high_a: torch.Tensor
     low_b: torch.Tensor
     high_b: torch.Tensor
-
-
-def minmax_per_image(y: torch.Tensor, eps: float = MINMAX_EPS) -> torch.Tensor:
-    """Map every image of a (B, C, H, W) batch to [0, 1] by its own min and max (float32, epsilon-guarded)."""
-    y = y.float()
-    lo = y.amin(dim=(1, 2, 3), keepdim=True)
-    hi = y.amax(dim=(1, 2, 3), keepdim=True)
-    return (y - lo) / (hi - lo).clamp_min(eps)
 
 
 class FusionLeader(nn.Module):
@@ -71,8 +66,14 @@ class FusionLeader(nn.Module):
         bias: bool = False,
         norm_bias: bool = True,
         inn_haar: bool = False,
+        output_range: str = "minmax",
+        prior_residual: bool = False,
     ) -> None:
         super().__init__()
+        if output_range not in OUTPUT_RANGES:
+            raise ValueError(f"output_range must be one of {OUTPUT_RANGES}, got {output_range!r}")
+        self.output_range = output_range
+        self.prior_residual = prior_residual
         self.pad_multiple = 2 if inn_haar else 1
 
         def restormer_stack(depth: int) -> nn.Sequential:
@@ -92,8 +93,9 @@ class FusionLeader(nn.Module):
             nn.Conv2d(dim, dim // 2, kernel_size=3, padding=1, bias=bias),
             nn.LeakyReLU(),
             nn.Conv2d(dim // 2, 1, kernel_size=3, padding=1, bias=bias),
-            nn.Sigmoid(),
         )
+        if prior_residual:  # the leader starts as the prior exactly and learns a correction of it
+            nn.init.zeros_(self.output[-1].weight)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> LeaderOutput:
         batch = a.shape[0]
@@ -104,9 +106,14 @@ class FusionLeader(nn.Module):
         high_a, high_b = high.split(batch)
         low_f = self.fuse_low(low_a + low_b)
         high_f = self.fuse_high(high_a + high_b)
-        y = self.output(self.decoder(self.reduce(torch.cat((low_f, high_f), dim=1))))
+        z = self.output(self.decoder(self.reduce(torch.cat((low_f, high_f), dim=1))))
+        if self.prior_residual:
+            prior = 0.5 * (x[:batch] + x[batch:])
+            z = z.float() + torch.logit(prior.float(), eps=PRIOR_EPS)
+        y = torch.sigmoid(z)
 
         def crop(t: torch.Tensor) -> torch.Tensor:
             return t[..., :h, :w]
 
-        return LeaderOutput(minmax_per_image(crop(y)), crop(low_a), crop(high_a), crop(low_b), crop(high_b))
+        fused = minmax_per_image(crop(y)) if self.output_range == "minmax" else crop(y).float()
+        return LeaderOutput(fused, crop(low_a), crop(high_a), crop(low_b), crop(high_b))

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .functional import float32_region
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) map (every pixel normalised on its own).
@@ -83,7 +85,7 @@ class ChannelAttention(nn.Module):
         b, c, h, w = x.shape
         qkv = self.qkv_conv(self.qkv(x))
         q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with float32_region(x):
             q = F.normalize(q.float(), dim=-1)
             k = F.normalize(k.float(), dim=-1)
             attn = (q @ k.transpose(-2, -1)) * self.temperature.float()

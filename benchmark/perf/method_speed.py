@@ -26,9 +26,7 @@ from ..methods import load_method
 from ..training.context import TrainContext
 from ..training.follower import build_follower
 from ..workflow import SCHEMA_PATH, Plan, validate_config
-from .fuse4seg_speed import peak_memory_mb
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "workflows" / "config" / "default.yaml"
+from .fuse4seg_speed import DEFAULT_CONFIG, peak_memory_mb
 
 
 def _stores(root: Path, config: dict) -> dict[str, Path]:

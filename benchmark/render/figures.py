@@ -30,7 +30,12 @@ DPI = 150
 # Paper's Fig. 3: necrotic core red, enhancing tumour yellow; edema green as in the BraTS papers.
 CLASS_COLOURS = {1: ("NCR", (0.89, 0.10, 0.11)), 2: ("ED", (0.30, 0.69, 0.29)), 3: ("ET", (1.00, 0.85, 0.18))}
 OVERLAY_ALPHA = 0.6
-_NOT_CURVES = {"epoch", "stage", "lr", "seconds"}
+_NOT_CURVES = {"epoch", "stage", "lr", "follower_lr", "seconds"}
+# Bi-level diagnostics (benchmark/training/bilevel.py): shown in their own figure, not among the losses.
+_DIAGNOSTICS = (("closeness to the prior", ("corr_prior", "mse_prior")),
+                ("share of the leader's gradient", ("share_seg", "share_dec", "share_grad", "share_mse")),
+                ("validation Dice", ("val_dice",)))
+_DIAGNOSTIC_COLUMNS = {c for _, columns in _DIAGNOSTICS for c in columns if c != "val_dice"}
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -211,10 +216,18 @@ def interpretability(seeds: list[RunRecord]) -> Figure | None:
     return fig
 
 
-def _curve_columns(logs: list[pd.DataFrame]) -> list[str]:
-    columns = dict.fromkeys(c for log in logs for c in log.columns
-                            if c not in _NOT_CURVES and pd.api.types.is_numeric_dtype(log[c]))
+def _curve_columns(logs: list[pd.DataFrame], exclude=_DIAGNOSTIC_COLUMNS) -> list[str]:
+    columns = dict.fromkeys(c for log in logs for c in log.columns if c not in _NOT_CURVES and c not in exclude
+                            and pd.api.types.is_numeric_dtype(log[c]))
     return list(columns)
+
+
+def _mark_stages(ax, log: pd.DataFrame) -> None:
+    for k, (stage, first, last) in enumerate(_stage_spans(log)):
+        if k:
+            ax.axvline(first - 0.5, color="0.3", ls="--", lw=0.8)
+        ax.text((first + last) / 2, 1.01, stage, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=6, color="0.3")
 
 
 def _stage_spans(log: pd.DataFrame) -> list[tuple[str, float, float]]:
@@ -263,15 +276,41 @@ def training_curves(runs: list[list[RunRecord]]) -> Figure | None:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
-        for k, (stage, first, last) in enumerate(_stage_spans(logs[0])):
-            if k:
-                ax.axvline(first - 0.5, color="0.3", ls="--", lw=0.8)
-            ax.text((first + last) / 2, 1.01, stage, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                    fontsize=7, color="0.3")
+        _mark_stages(ax, logs[0])
         ax.set_xlabel("epoch", fontsize=7)
         ax.tick_params(which="both", labelsize=6)
         ax.legend(fontsize=6, frameon=False)
     fig.suptitle(f"Training curves, {runs[0][0].dataset} (mean over seeds, band: min-max)", fontsize=9)
+    return fig
+
+
+def leader_diagnostics(runs: list[list[RunRecord]]) -> Figure | None:
+    """Per joint run, a row of three panels over the epochs: the fused image's correlation and MSE to the physical
+    prior (did the leader drift, collapse or stay readable?), the share of the leader's gradient from each loss term
+    (what drives it), and the follower's validation Dice (does the segmentation learn?). Mean over seeds."""
+    rows = [(seeds, [r.train_log for r in seeds if r.train_log is not None]) for seeds in runs
+            if seeds[0].kind == "joint"]
+    rows = [(seeds, logs) for seeds, logs in rows if logs and any("corr_prior" in log for log in logs)]
+    if not rows:
+        return None
+    fig = Figure(figsize=(3 * 3.4, len(rows) * 2.5 + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False)
+    for (seeds, logs), row in zip(rows, axes):
+        mean = pd.concat(logs, ignore_index=True).groupby("epoch").mean(numeric_only=True)
+        name = seeds[0].display_name + (f" [{seeds[0].variant}]" if seeds[0].variant else "")
+        for ax, (title, columns) in zip(row, _DIAGNOSTICS):
+            present = [c for c in columns if c in mean and mean[c].notna().any()]
+            for column in present:
+                ax.plot(mean.index, mean[column], marker=".", ms=3, lw=1.2, label=column)
+            if not present:
+                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+            _mark_stages(ax, logs[0])
+            ax.set_title(f"{name}: {title}", fontsize=7, pad=10)
+            ax.set_xlabel("epoch", fontsize=7)
+            ax.tick_params(labelsize=6)
+            if present:
+                ax.legend(fontsize=6, frameon=False)
+    fig.suptitle(f"Leader diagnostics, {runs[0][0].dataset} (mean over seeds)", fontsize=9)
     return fig
 
 
@@ -291,7 +330,7 @@ def render_figures(records: Iterable[RunRecord], out_dir: str | Path, *, referen
         main = _main_runs(records, dataset)
         all_runs = sorted((s for (ds, _), s in group_runs(records).items() if ds == dataset),
                           key=lambda s: (table1_sort_key(s[0]), s[0].variant or ""))
-        figures = {f"curves_{dataset}": training_curves(all_runs)}
+        figures = {f"curves_{dataset}": training_curves(all_runs), f"diagnostics_{dataset}": leader_diagnostics(all_runs)}
         if kind == "paired":
             figures[f"fusion_grid_{dataset}"] = fusion_grid(main)
         else:

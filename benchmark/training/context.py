@@ -43,6 +43,7 @@ class TrainingConfig:
     class_weights: list[float]
     dice_smooth: float
     max_batches_per_epoch: int | None
+    fusion_patch: int | None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
@@ -61,6 +62,21 @@ def limit(loader: Iterable, max_batches: int | None) -> Iterator:
         if max_batches is not None and i >= max_batches:
             return
         yield batch
+
+
+def random_crop(batch: dict[str, Any], size: int, generator: torch.Generator) -> dict[str, Any]:
+    """Each image of a batch (and its label) cut to a random ``size`` x ``size`` window (fusion patches)."""
+    h, w = batch["images"].shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    if (ch, cw) == (h, w):
+        return batch
+    tops = torch.randint(0, h - ch + 1, (len(batch["images"]),), generator=generator).tolist()
+    lefts = torch.randint(0, w - cw + 1, (len(batch["images"]),), generator=generator).tolist()
+    out = dict(batch)
+    for key in ("images", "label", "chroma"):
+        if key in batch:
+            out[key] = torch.stack([t[..., y:y + ch, x:x + cw] for t, y, x in zip(batch[key], tops, lefts)])
+    return out
 
 
 class TrainContext:
@@ -89,18 +105,22 @@ class TrainContext:
             self._datasets[split] = SliceDataset(self.store_dir / f"{split}.h5")
         return self._datasets[split]
 
-    def loader(self, key: int, *, split: str = "train", batch_size: int | None = None,
-               shuffle: bool = True, transform: Callable[[dict], dict] | None = None) -> Iterator[dict[str, Any]]:
+    def loader(self, key: int, *, split: str = "train", batch_size: int | None = None, shuffle: bool = True,
+               crop: int | None = None) -> Iterator[dict[str, Any]]:
         """Batches of ``split`` in an order seeded by ``(seed, key)``, at most ``max_batches_per_epoch`` of them.
 
-        ``transform`` maps each collated batch (e.g. a random crop drawn from the epoch's generator).
+        ``crop``: each image (and label) is replaced by a random ``crop`` x ``crop`` window (the whole extent along
+        an axis shorter than that), drawn from its own generator seeded by ``(seed, key)``.
         """
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + key)
         loader = DataLoader(self.dataset(split), batch_size=batch_size or self.training.batch_size, shuffle=shuffle,
                             generator=generator, num_workers=self.training.num_workers,
                             pin_memory=self.device.type == "cuda")
         batches = limit(loader, self.training.max_batches_per_epoch)
-        return batches if transform is None else (transform(b) for b in batches)
+        if crop is None:
+            return batches
+        offsets = torch.Generator().manual_seed(self.seed * 1_000_003 + key + 500_009)
+        return (random_crop(batch, crop, offsets) for batch in batches)
 
     def patient_loader(self, key: int) -> Iterator[dict[str, Any]]:
         """Training batches holding slices of at least two patients, for a patient-level D_tr / D_val split."""

@@ -18,11 +18,19 @@ from ..nn.convnext_unet import SegmentationFollower
 from ..record import FollowerRun
 from .context import TrainContext
 from .loop import Stage
-from .stages import segmentation_stage
+from .stages import Schedule, segmentation_stage
 
 
-def build_follower(network: dict[str, Any] | None = None, in_channels: int = 1) -> SegmentationFollower:
-    return SegmentationFollower(in_channels=in_channels, num_classes=N_CLASSES, **(network or {}))
+def build_follower(network: dict[str, Any] | None = None, in_channels: int = 1,
+                   seed: int | None = None) -> SegmentationFollower:
+    """The shared follower; with ``seed``, initialised from its own generator seeded by the run's seed, so that
+    every pipeline's follower starts from the same weights for a given seed, whatever was built before it (the
+    tiny default follower's result depends on its initialisation as much as on its input)."""
+    if seed is None:
+        return SegmentationFollower(in_channels=in_channels, num_classes=N_CLASSES, **(network or {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SegmentationFollower(in_channels=in_channels, num_classes=N_CLASSES, **(network or {}))
 
 
 def follower_optimizer(ctx: TrainContext, follower: torch.nn.Module) -> torch.optim.Optimizer:
@@ -30,9 +38,11 @@ def follower_optimizer(ctx: TrainContext, follower: torch.nn.Module) -> torch.op
 
 
 def follower_stage(ctx: TrainContext, name: str, follower: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   make_input: Callable[[dict], torch.Tensor], epochs: int) -> Stage:
-    """The follower's recipe on inputs ``make_input(batch)``: one cosine schedule from ``follower_lr``."""
-    return segmentation_stage(ctx, name, follower, follower, optimizer, make_input, epochs, ctx.training.follower_lr)
+                   make_input: Callable[[dict], torch.Tensor], epochs: int, lr: Schedule | None = None) -> Stage:
+    """The follower's recipe on inputs ``make_input(batch)``: one cosine schedule from ``follower_lr`` (or ``lr``,
+    e.g. the part of one cosine that spans several stages)."""
+    return segmentation_stage(ctx, name, follower, follower, optimizer, make_input, epochs,
+                              lr or ctx.training.follower_lr)
 
 
 def follower_training_stages(ctx: TrainContext, follower: torch.nn.Module) -> list[Stage]:

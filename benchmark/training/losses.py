@@ -5,7 +5,7 @@ reductions are the same with and without AMP.
 
 - Lower level (3.5.1): ``segmentation_loss`` = CE + class-weighted multi-class soft Dice (``dice_loss``).
 - Upper level (3.5.2): ``decomposition_loss`` (CDDFuse's CC form), ``gradient_loss`` (Sobel, CDDFuse's max-gradient
-  target), ``anchor_loss`` (MSE to the average prior); ``leader_loss`` combines them with the semantic loss.
+  target), ``anchor_loss`` (MSE to the physical prior); the method weighs them (``methods/fuse4seg.py``).
 - ``intensity_loss``: CDDFuse's L1-to-max intensity term, for fusion-only training.
 """
 
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ..nn.functional import float32_region
 
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 CC_EPS = torch.finfo(torch.float32).eps
@@ -29,12 +30,11 @@ def _float32(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
         tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
-        device_type = tensors[0].device.type if tensors else "cpu"
 
         def up(v: Any) -> Any:
             return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
-        with torch.autocast(device_type=device_type, enabled=False):
+        with float32_region(tensors[0] if tensors else torch.empty(0)):
             return fn(*(up(v) for v in args), **{k: up(v) for k, v in kwargs.items()})
 
     return wrapper
@@ -135,59 +135,17 @@ def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
 
 
 @_float32
-def anchor_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Physical reconstruction anchor (3.5.2): MSE(F, (A + B) / 2).
+def anchor_loss(fused: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Physical reconstruction anchor (3.5.2): MSE(F, P) to the deterministic physical prior P.
 
-    Anchoring to the average prior is anchoring to both sources: pixel-wise (F - A)^2 + (F - B)^2 =
-    2 (F - (A + B) / 2)^2 + (A - B)^2 / 2, so MSE(F, A) + MSE(F, B) = 2 MSE(F, (A + B) / 2) + MSE(A, B) / 2, whose
-    last term does not depend on F. The average is also the deterministic prior of the follower warm-up (3.2).
+    P must live in the fused image's domain: Fuse4Seg's F is min-max normalised per image, so its P is the
+    per-image min-max of the average (A + B) / 2 (``JointMethod.prior``). An anchor F cannot reach (the raw average
+    of a dim slice) rewards the leader for planting extreme pixels that defeat the normalisation.
     """
-    return F.mse_loss(fused, 0.5 * (a + b))
+    return F.mse_loss(fused, prior)
 
 
 @_float32
 def intensity_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """CDDFuse's fusion intensity term: L1(F, max(A, B)) (for the fusion-only engine)."""
     return F.l1_loss(fused, torch.maximum(a, b))
-
-
-# --------------------------------------------------------------------------------------------- leader objective
-
-
-@dataclass(frozen=True)
-class LeaderLossWeights:
-    """Weights of the upper-level objective (3.5.3): w_seg L_seg + w_dec L_dec + w_grad L_grad + w_mse L_mse.
-
-    The paper's values were lost from its text; these are our choice: w_dec = 2 and w_grad = 10 are CDDFuse's
-    coefficients of its decomposition and Sobel-gradient terms, w_mse = 1 keeps the anchor "lightweight" next to
-    them (MSE of [0, 1] images is small, ~1e-2). A weight of 0 switches a term off (Table 3 ablations).
-    """
-
-    w_seg: float = 1.0
-    w_dec: float = 2.0
-    w_grad: float = 10.0
-    w_mse: float = 1.0
-
-
-def leader_loss(
-    seg_loss: torch.Tensor, leader_output: Any, a: torch.Tensor, b: torch.Tensor, weights: LeaderLossWeights
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Upper-level objective. ``leader_output`` has fields fused, low_a, high_a, low_b, high_b (``LeaderOutput``).
-
-    Returns the weighted total and the unweighted parts (detached, float32) keyed seg, dec, grad, mse; the parts
-    are computed even when their weight is 0 so that ablations log the same columns.
-    """
-    out = leader_output
-    parts = {
-        "seg": seg_loss.float(),
-        "dec": decomposition_loss(out.low_a, out.low_b, out.high_a, out.high_b),
-        "grad": gradient_loss(out.fused, a, b),
-        "mse": anchor_loss(out.fused, a, b),
-    }
-    total = (
-        weights.w_seg * parts["seg"]
-        + weights.w_dec * parts["dec"]
-        + weights.w_grad * parts["grad"]
-        + weights.w_mse * parts["mse"]
-    )
-    return total, {k: v.detach() for k, v in parts.items()}

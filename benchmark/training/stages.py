@@ -2,7 +2,8 @@
 
 Each returns a ``Stage`` whose epochs draw their batches from ``ctx`` (seeded per epoch) and set the learning
 rate from a schedule ``lr(epoch, epochs)`` at the start of every epoch (one cosine by default), so that a
-resumed run needs no scheduler state.
+resumed run needs no scheduler state. Segmentation stages also score the validation split after every epoch
+(``val_dice``), so that a collapse shows in ``train_log.csv`` while it happens.
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
+from metrics.segmentation import confusion_matrix, scores_from_confusion
 
 from .context import TrainContext
 from .loop import Stage, cosine_lr, set_lr
 
 Schedule = Callable[[int, int], float]
+Monitor = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict[str, float]]
 
 
 class RunningMean:
@@ -34,43 +40,74 @@ class RunningMean:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
-def cosine(base_lr: float) -> Schedule:
-    """``lr(epoch, epochs)``: cosine annealing from ``base_lr`` to 1 % of it over the stage."""
-    return lambda epoch, epochs: cosine_lr(base_lr, epoch, epochs)
+def cosine(base_lr: float, offset: int = 0, total: int | None = None) -> Schedule:
+    """``lr(epoch, epochs)``: cosine annealing from ``base_lr`` to 1 % of it. With ``total``, one cosine over
+    ``total`` epochs of which this stage is the part starting at ``offset`` (a schedule continued across stages)."""
+    return lambda epoch, epochs: cosine_lr(base_lr, offset + epoch, epochs if total is None else total)
+
+
+def _schedule(lr: float | Schedule) -> Schedule:
+    return cosine(lr) if isinstance(lr, (int, float)) else lr
 
 
 def fusion_stage(ctx: TrainContext, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]], epochs: int,
-                 lr: float | Schedule, *, batch_size: int | None = None, transform=None,
-                 grad_clip: float | None = None, loader_key: int = 1000) -> Stage:
-    """Train ``model`` on a label-free objective ``loss_fn(model, a, b, epoch=, step=) -> (loss, parts)``."""
-    schedule = cosine(lr) if isinstance(lr, (int, float)) else lr
+                 lr: float | Schedule, *, batch_size: int | None = None, crop: int | None | str = "config",
+                 grad_clip: float | None = None, monitor: Monitor | None = None, loader_key: int = 1000) -> Stage:
+    """Train ``model`` on a label-free objective ``loss_fn(model, a, b, epoch=, step=) -> (loss, parts)``.
+
+    Batches are random patches of ``training.fusion_patch`` (``crop``: another side, or None for whole images).
+    ``monitor(model, a, b)`` adds diagnostics of the epoch's first batch to the log.
+    """
+    schedule = _schedule(lr)
+    side = ctx.training.fusion_patch if crop == "config" else crop
 
     def run_epoch(local: int, total: int) -> dict[str, float]:
         set_lr(optimizer, schedule(local, total))
         model.train()
         mean = RunningMean()
-        batches = ctx.loader(loader_key + local, batch_size=batch_size, transform=transform)
-        for step, batch in enumerate(batches):
+        notes: dict[str, float] = {}
+        for step, batch in enumerate(ctx.loader(loader_key + local, batch_size=batch_size, crop=side)):
             a, b = ctx.sources(batch)
+            if monitor is not None and step == 0:
+                notes = monitor(model, a, b)
             with ctx.autocast():
                 loss, parts = loss_fn(model, a, b, epoch=local, step=step)
             ctx.step(loss, optimizer, model, grad_clip)
             mean.add({"loss": loss.item(), **parts})
-        return {**mean.result(), "lr": optimizer.param_groups[0]["lr"]}
+        return {**mean.result(), **notes, "lr": optimizer.param_groups[0]["lr"]}
 
     return Stage(name, epochs, run_epoch)
+
+
+@torch.no_grad()
+def validation_dice(ctx: TrainContext, predict: Callable[[dict], torch.Tensor]) -> dict[str, float]:
+    """Mean Dice of NCR, ED and ET on the validation split, counts pooled over its slices (``val_dice``; empty
+    when the run has no validation slices). ``predict(batch)`` returns logits."""
+    data = ctx.dataset("val")
+    if len(data) == 0:
+        return {}
+    confusion = np.zeros((4, 4), np.int64)
+    for batch in DataLoader(data, batch_size=2 * ctx.training.batch_size, shuffle=False):
+        with ctx.autocast():
+            logits = predict(batch)
+        confusion += confusion_matrix(logits.float().argmax(1).cpu().numpy().astype(np.uint8),
+                                      batch["label"].numpy().astype(np.uint8))
+    return {"val_dice": float(scores_from_confusion(confusion, empty_rule="nan")["mean_dice"])}
 
 
 def segmentation_stage(ctx: TrainContext, name: str, forward: Callable[[torch.Tensor], torch.Tensor],
                        model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                        make_input: Callable[[dict], torch.Tensor], epochs: int, lr: float | Schedule, *,
                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                       batch_size: int | None = None, grad_clip: float | None = None) -> Stage:
+                       batch_size: int | None = None, grad_clip: float | None = None, validate: bool = True) -> Stage:
     """Train a segmentation network: ``forward(make_input(batch))`` -> logits, ``loss_fn(logits, label)``
-    (default: the follower's CE + weighted Dice)."""
-    schedule = cosine(lr) if isinstance(lr, (int, float)) else lr
+    (default: the follower's CE + weighted Dice); after each epoch, ``val_dice`` of the same forward."""
+    schedule = _schedule(lr)
     loss_fn = loss_fn or ctx.seg_loss
+
+    def predict(batch: dict) -> torch.Tensor:
+        return forward(make_input(batch))
 
     def run_epoch(local: int, total: int) -> dict[str, float]:
         set_lr(optimizer, schedule(local, total))
@@ -84,6 +121,8 @@ def segmentation_stage(ctx: TrainContext, name: str, forward: Callable[[torch.Te
                 loss = loss_fn(forward(x), target)
             ctx.step(loss, optimizer, model, grad_clip)
             mean.add({"seg_loss": loss.item()})
-        return {**mean.result(), "lr": optimizer.param_groups[0]["lr"]}
+        model.eval()
+        checked = validation_dice(ctx, predict) if validate else {}
+        return {**mean.result(), **checked, "lr": optimizer.param_groups[0]["lr"]}
 
     return Stage(name, epochs, run_epoch)
