@@ -2,6 +2,11 @@
 
 Each Snakemake rule calls one of these commands; they are equally usable by hand. Heavy imports (torch)
 happen inside the commands so that ``--help`` and ``methods`` stay fast.
+
+A bad input (data, config, run record, method file, a locked folder) ends a command with one line naming the
+file or key and the problem, and exit status 2; ``--debug`` shows the traceback instead. SIGTERM (what SLURM and
+Snakemake send on cancel or time-out) and SIGINT stop a command the way an error does, so every writer removes
+its partial file on the way out.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -25,9 +31,11 @@ def _json_arg(text: str) -> dict:
 
 def cmd_synthesize(args: argparse.Namespace) -> None:
     """Write phantoms into a temporary folder, then move it into place and mark it complete."""
-    from .data import synthetic
+    from .data import DataError, synthetic
 
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise DataError(f"{out}: exists and is not empty; pass --force to replace it with phantoms")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     if args.kind == "brats":
@@ -42,13 +50,14 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from .data.preprocess import preprocess_brats, preprocess_paired
+    from .workflow import validate_dataset
 
-    s = dict(args.settings)
+    s = validate_dataset(args.settings)
     common = {"split_fractions": tuple(s["split_fractions"]), "seed": s["split_seed"]}
     if s["kind"] == "brats":
         paths = preprocess_brats(
             s["raw"], args.out, modalities=tuple(s["modalities"]), slice_size=tuple(s["slice_size"]),
-            keep=s["keep"], workers=args.workers, **common,
+            keep=s["keep"], label_convention=s["label_convention"], workers=args.workers, **common,
         )
     else:
         paths = preprocess_paired(
@@ -194,11 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmark",
         description="Fuse4Seg benchmark suite: data, training, evaluation, inference and tables.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("synthesize", help="write synthetic phantoms in a real dataset layout")
     p.add_argument("--kind", choices=["brats", "paired"], required=True)
-    p.add_argument("--out", required=True, help="folder to create (replaced if present)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
     p.add_argument("--options", type=_json_arg, default={}, help='phantom options as JSON, e.g. \'{"n_cases": 4}\'')
     p.set_defaults(func=cmd_synthesize)
 
@@ -243,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder of a fusion or joint method")
     p.add_argument("--a", required=True, help="anatomical image (PNG/JPEG, gray or RGB)")
     p.add_argument("--b", required=True, help="second image; colour is fused on Y and rebuilt with its Cb/Cr")
-    p.add_argument("--out", required=True, help="fused image file (PNG)")
+    p.add_argument("--out", required=True, help="fused image file; its suffix sets the format (.png, .jpg, ...)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_fuse)
 
@@ -273,9 +284,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived; raised where the main thread is, so that every writer cleans up on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame) -> None:
+    raise Stopped(signum)
+
+
+def run_command(args: argparse.Namespace, input_errors: tuple[type[BaseException], ...]):
+    """Run ``args.func(args)`` as a command: an error of ``input_errors`` prints one line (``args.debug``: the
+    traceback) and exits with status 2; SIGTERM / SIGINT end it with status 128 + the signal's number after the
+    writers under way removed their partial files."""
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return args.func(args)
+    except input_errors as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Stopped as stop:
+        print(f"stopped by {stop}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a bad input, not a bug: reported in one line with exit status 2."""
+    from metrics.cli import InputError
+
+    from .atomic import FolderLockedError
+    from .data import DataError
+    from .methods import MethodError
+    from .record import RecordError
+    from .workflow import ConfigError
+
+    return DataError, ConfigError, RecordError, MethodError, FolderLockedError, InputError
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    run_command(args, _input_errors())
 
 
 if __name__ == "__main__":

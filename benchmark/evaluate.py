@@ -6,13 +6,16 @@ as configured) with ``metrics.segmentation``. Paired data: the run's fused test 
 sources with the seven fusion metrics of ``metrics.fusion`` on the luminance, and the fused images are written
 as PNG (colour rebuilt from the functional image's Cb/Cr where it has colour). The settings (``evaluation``
 section of the workflow config) are an argument, not part of the run, so changing them retrains nothing.
+
+Before scoring, the run is checked against the test store: no test patient may be among the patients its models
+trained on (``run.json``, also the follower's), and its fused test store must come from its current model.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,11 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .atomic import write_atomic
+from .data import DataError
 from .data.colour import rebuild_rgb, to_uint8
-from .data.store import SliceDataset
-from .record import FUSED_STORE, RunConfig
+from .data.store import SliceDataset, read_store_attrs
+from .record import FOLLOWER_DIR, FUSED_STORE, RecordError, RunConfig, read_json
 from .trained import TrainedRun
-from .training.checkpoint import write_json
+from .training.checkpoint import model_fingerprint, write_json
 
 
 def _write_csv(path: Path, table: pd.DataFrame) -> None:
@@ -82,17 +86,41 @@ def _collect(run_dir: Path, record: RunConfig, sources: SliceDataset, fused: Sli
     return {k: (np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v) for k, v in out.items()}
 
 
+def check_unseen(run_dir: Path, record: RunConfig, patients: Sequence[str], where: Path) -> None:
+    """RecordError unless none of ``patients`` (those of the store at ``where``) was in the training data of the
+    run's models, as their ``run.json`` lists it."""
+    folders = [run_dir] + ([run_dir / FOLLOWER_DIR] if record.pipeline == "disjoint" else [])
+    for folder in folders:
+        info = read_json(folder / "run.json")
+        if "patients" not in info:
+            raise RecordError(f"{folder / 'run.json'}: lists no training patients (written by an older version); "
+                              "retrain the run")
+        seen = {p: split for split, names in info["patients"].items() for p in names}
+        leaked = sorted(set(patients) & set(seen))
+        if leaked:
+            shown = ", ".join(f"{p} ({seen[p]})" for p in leaked)
+            raise RecordError(f"{where}: patients {shown} are in the {folder / 'model.safetensors'} model's training "
+                              "data; the store was re-split after training: retrain the run")
+
+
 def _test_stores(run_dir: Path, store_dir: Path, record: RunConfig) -> tuple[SliceDataset, SliceDataset | None]:
-    """The test store and, for runs that fuse, the run's fused test store, checked to hold the same slices."""
+    """The test store and, for runs that fuse, the run's fused test store, checked to hold the same slices and to
+    come from the run's current model."""
     sources = SliceDataset(store_dir / "test.h5")
     if len(sources) == 0:
-        raise ValueError(f"{store_dir / 'test.h5'}: the test split holds no slices")
+        raise DataError(f"{sources.path}: the test split holds no slices")
+    check_unseen(run_dir, record, sorted(set(sources.patients)), sources.path)
     if not record.fuses:
         return sources, None
     fused = SliceDataset(run_dir / FUSED_STORE / "test.h5")
     if list(fused.names) != list(sources.names):
-        raise ValueError(f"{fused.path}: does not hold the slices of {sources.path} in the same order "
-                         "(fused from another store? re-run the fuse rule)")
+        raise DataError(f"{fused.path}: does not hold the slices of {sources.path} in the same order "
+                        "(fused from another store? re-run the fuse rule)")
+    model = run_dir / "model.safetensors"
+    made_by, current = read_store_attrs(fused.path).get("model_fingerprint"), model_fingerprint(model)
+    if made_by != current:
+        raise RecordError(f"{fused.path}: fused by another model (fingerprint {made_by}) than {model} ({current}); "
+                          "re-run the fuse rule")
     return sources, fused
 
 

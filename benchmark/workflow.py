@@ -1,12 +1,15 @@
 """What the Snakemake workflow runs: the plan of (dataset, run, seed) jobs and each job's resolved config.
 
 Kept free of torch so that Snakemake can build the job graph quickly. The ``Snakefile`` validates the
-config against ``workflows/schema/config.schema.yaml`` (filling defaults) and then calls ``Plan``.
+config against ``workflows/schema/config.schema.yaml`` (filling defaults) and then calls ``Plan``, which checks
+what the schema cannot express (``dataset_problems``, method names in per-method sections, folders), so that
+every bad value stops the dry run with its key path instead of failing a job later.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import sys
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .fingerprint import code_version, digest, raw_manifest
 from .methods import MethodInfo, discover_methods
 from .record import FollowerConfig, FollowerRun, RunConfig, pipeline_of
 
@@ -72,6 +76,36 @@ def _load_schema(schema_path: Path | str) -> dict[str, Any]:
     return yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
 
 
+def dataset_problems(where: str, ds: dict[str, Any], raw: str | None, raw_key: str = "path") -> list[str]:
+    """What is wrong with a dataset's entry ``ds`` (schema-valid, defaults filled) beyond the schema, each as
+    ``"<where>.<key>: problem"`` (``where``: its key path, e.g. ``datasets.brats``); ``raw`` is its raw folder,
+    expanded (None for synthetic sources), given under the key ``raw_key``."""
+    problems = []
+    fractions = ds["split_fractions"]
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        problems.append(f"{where}.split_fractions: {fractions} sum to {sum(fractions):g}, not 1")
+    if fractions[0] == 0 or fractions[2] == 0:
+        problems.append(f"{where}.split_fractions: {fractions}: training and test need patients (first and last > 0)")
+    paired = ds["kind"] == "paired"
+    if ds["source"] == "synthetic":
+        pair = ds["synthetic"].get("pair")
+        if paired and pair != ds["functional"]:
+            problems.append(f"{where}.functional: {ds['functional']!r}, but the phantoms are {pair!r} pairs "
+                            f"({where}.synthetic.pair)")
+    elif raw is not None:
+        root = Path(raw)
+        if not root.is_dir():
+            problems.append(f"{where}.{raw_key}: {root}: no such folder")
+        elif paired:
+            needed = ("PCI", "GFP") if ds["functional"] == "GFP" else (ds["anatomical"], ds["functional"])
+            missing = [f"{d}/" for d in needed if not (root / d).is_dir()]
+            if missing:
+                found = sorted(f"{p.name}/" for p in root.iterdir() if p.is_dir())
+                problems.append(f"{where}.functional: {ds['functional']!r} (anatomical {ds['anatomical']!r}) needs "
+                                f"{', '.join(missing)} in {root}, which holds {', '.join(found) or 'no folder'}")
+    return problems
+
+
 def training_defaults(schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
     """The schema's default of every ``training`` setting (the lowest level of a run's training settings)."""
     properties = _load_schema(schema_path)["$defs"]["training"]["properties"]
@@ -86,8 +120,8 @@ class Plan:
         self.config = config
         self.results = config["results_dir"]
         warn = warn or (lambda msg: print(msg, file=sys.stderr))
-        found, problems = discover_methods(methods_dir)
-        for name, why in problems.items():
+        found, broken = discover_methods(methods_dir)
+        for name, why in broken.items():
             warn(f"method {name!r} skipped: {why}")
         wanted = config["methods"]
         if wanted == "all":
@@ -96,7 +130,7 @@ class Plan:
             unknown = [m for m in wanted if m not in found]
             if unknown:
                 raise ConfigError(
-                    f"methods: {unknown} not found or invalid (available: {sorted(found)}; problems: {problems})"
+                    f"methods: {unknown} not found or invalid (available: {sorted(found)}; problems: {broken})"
                 )
             chosen = {m: found[m] for m in wanted}
         self.skipped: dict[str, str] = {}
@@ -110,14 +144,35 @@ class Plan:
             else:
                 self.methods[name] = info
         self.datasets = config["datasets"]
-        for name, ds in self.datasets.items():
-            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-                raise ConfigError(f"datasets.{name}: names may hold letters, digits and '_' only")
-            if ds["source"] == "folder" and not ds.get("path"):
-                raise ConfigError(f"datasets.{name}: source 'folder' needs a path")
+        problems = self._dataset_problems() + self._method_key_problems(found, broken)
+        if problems:
+            raise ConfigError("invalid workflow config:\n" + "\n".join(f"  {p}" for p in problems))
         self._training_defaults = training_defaults(schema_path)
         self.weights = self._weights()
         self.runs = self._runs()
+
+    def _dataset_problems(self) -> list[str]:
+        problems = []
+        for name, ds in self.datasets.items():
+            if ds["source"] == "folder" and not ds.get("path"):
+                problems.append(f"datasets.{name}.path: source 'folder' needs a path")
+                continue
+            try:
+                raw = self.raw_dir(name) if ds["source"] == "folder" else None
+            except ConfigError as err:
+                problems.append(str(err))
+                continue
+            problems += dataset_problems(f"datasets.{name}", ds, raw)
+        return problems
+
+    def _method_key_problems(self, found: dict[str, MethodInfo], broken: dict[str, str]) -> list[str]:
+        """Sections keyed by method name must name methods; ``method_dirs`` must exist."""
+        problems = [f"{section}.{name}: no method of this name (found: {', '.join(sorted(found))})"
+                    for section in ("method_overrides", "method_training")
+                    for name in self.config[section] if name not in found and name not in broken]
+        problems += [f"method_dirs.{i}: {folder}: no such folder" for i, folder in enumerate(self.config["method_dirs"])
+                     if not Path(folder).is_dir()]
+        return problems
 
     def dataset_kind(self, dataset: str) -> str:
         return self.datasets[dataset]["kind"]
@@ -178,6 +233,19 @@ class Plan:
         if method is not None:
             values.update(self.config["method_training"].get(method, {}))
         return values
+
+    def code_version(self, method: str | None) -> str:
+        """Version of the code that trains ``method``'s runs (None: the shared follower); a train rule parameter,
+        so that Snakemake retrains exactly the runs whose code changed."""
+        return code_version(self.methods[method].path if method is not None else None)
+
+    def raw_digest(self, dataset: str) -> str | None:
+        """Digest of the manifest of a raw folder (every file's path, size and modification time); a parameter
+        of the preprocess rule, so that an edited, added or removed file rebuilds that dataset's stores. None for
+        synthetic sources, whose phantoms are the synthesize rule's output."""
+        if self.datasets[dataset]["source"] == "synthetic":
+            return None
+        return digest(raw_manifest(self.raw_dir(dataset)))
 
     def follower(self, dataset: str) -> FollowerConfig:
         return FollowerConfig(network=dict(self.config["follower"]), training=self.training(dataset))
@@ -248,7 +316,8 @@ class Plan:
     def preprocess_settings(self, dataset: str) -> dict[str, Any]:
         ds = self.datasets[dataset]
         keys = ["kind", "source", "split_fractions", "split_seed"]
-        keys += ["modalities", "slice_size", "keep"] if ds["kind"] == "brats" else ["anatomical", "functional", "size", "on_mismatch"]
+        keys += (["modalities", "slice_size", "keep", "label_convention"] if ds["kind"] == "brats"
+                 else ["anatomical", "functional", "size", "on_mismatch"])
         settings = {k: ds.get(k) for k in keys}
         settings["raw"] = self.raw_dir(dataset)
         if ds["source"] == "synthetic":
@@ -317,16 +386,38 @@ def validate_config(config: dict[str, Any], schema_path: Path | str = SCHEMA_PAT
     return config
 
 
-def validate_section(values: dict[str, Any], section: str, schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
-    """One section of the workflow config (e.g. ``evaluation`` given on the command line), checked and filled."""
+def _validate_node(values: dict[str, Any], node: dict[str, Any], root: dict[str, Any], prefix: str,
+                   what: str) -> dict[str, Any]:
+    """``values`` checked against ``node``, a part of the schema ``root``, with its defaults filled."""
     import jsonschema
 
-    root = _load_schema(schema_path)
-    schema = {**_resolve(root["properties"][section], root), "$defs": root.get("$defs", {})}
+    schema = {**_resolve(node, root), "$defs": root.get("$defs", {})}
     values = copy.deepcopy(values)
     _fill_defaults(values, schema, root)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(values), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  {section}.{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-        raise ConfigError(f"invalid {section} settings:\n" + "\n".join(lines))
+        lines = [f"  {'.'.join([prefix, *map(str, e.absolute_path)])}: {e.message}" for e in errors]
+        raise ConfigError(f"invalid {what}:\n" + "\n".join(lines))
     return values
+
+
+def validate_section(values: dict[str, Any], section: str, schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
+    """One section of the workflow config (e.g. ``evaluation`` given on the command line), checked and filled."""
+    root = _load_schema(schema_path)
+    return _validate_node(values, root["properties"][section], root, section, f"{section} settings")
+
+
+def validate_dataset(settings: dict[str, Any], schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
+    """The settings the preprocess command gets (``Plan.preprocess_settings``: a dataset's entry and its raw
+    folder ``raw``), checked as the plan checks a dataset and filled."""
+    if not isinstance(settings.get("raw"), str):
+        raise ConfigError("invalid dataset settings:\n  settings.raw: the raw folder is missing")
+    root = _load_schema(schema_path)
+    entry = {k: v for k, v in settings.items() if k != "raw"}
+    values = _validate_node(entry, root["properties"]["datasets"]["additionalProperties"], root, "settings",
+                            "dataset settings")
+    problems = dataset_problems("settings", values, None if values["source"] == "synthetic" else settings["raw"],
+                                raw_key="raw")
+    if problems:
+        raise ConfigError("invalid dataset settings:\n" + "\n".join(f"  {p}" for p in problems))
+    return {**values, "raw": settings["raw"]}

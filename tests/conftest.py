@@ -1,11 +1,18 @@
 """Shared fixtures: paths to the repository and to the optional real sample data; tiny stores and a tiny plan
-for end-to-end runs of methods."""
+for end-to-end runs of methods.
+
+Tests compute on tiny tensors: one CPU thread per test process (and per subprocess it starts) is fastest, and with
+``-n 2`` it keeps the two workers from oversubscribing two cores, where OpenMP's spinning threads slow small
+operations down by orders of magnitude.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from benchmark.data.preprocess import preprocess_brats, preprocess_paired
@@ -13,6 +20,8 @@ from benchmark.data.synthetic import write_brats_phantoms, write_paired_phantoms
 from benchmark.pipeline import run_pipeline
 from benchmark.workflow import Plan, deep_merge, validate_config
 
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the subprocesses: the CLI, Snakemake's jobs
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_CONFIG = REPO / "workflows" / "config" / "default.yaml"
@@ -28,6 +37,12 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(items):
+    """Slow end-to-end runs first, so that the parallel workers (``-n 2``) finish together rather than waiting for
+    one last long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -41,6 +56,8 @@ def quiet(_msg: str) -> None:
 
 def tiny_plan(methods_dir=None) -> Plan:
     config = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), TINY)
+    for dataset in config["datasets"].values():  # the tiny budget wins over the default's per-dataset epochs
+        dataset.pop("training", None)
     return Plan(validate_config(config, SCHEMA), methods_dir)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
@@ -101,6 +102,37 @@ def test_corrupt_or_truncated_nifti_is_a_data_error(case_copy, damage):
         brats.load_case(case_copy)
 
 
+def test_damaged_gzip_size_trailer_is_a_data_error_without_a_big_allocation(case_copy):
+    """Issue 12, defect 11: the trailer's ISIZE sized the output buffer: ~4 GiB for a damaged one."""
+    path = case_copy.path("t1ce")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-4] + (2**32 - 7).to_bytes(4, "little"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"t1ce\.nii\.gz: not a readable NIfTI.*incorrect length check"):
+            brats.read_nifti(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
+def test_header_declaring_more_voxels_than_the_file_holds(case_copy):
+    path = case_copy.path("t1ce")
+    image = nib.load(path)
+    header = image.header.copy()
+    header.set_data_shape((3000, 3000, 3000))
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + gzip.decompress(path.read_bytes())[352:]))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"declares \(3000, 3000, 3000\) voxels of int16, 54,000,000,\d+ bytes"):
+            brats.read_nifti(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
 def test_uncompressed_and_multi_member_gzip_files_load(case_copy):
     reference = brats.load_case(case_copy)
     flair = case_copy.path("flair")
@@ -133,22 +165,25 @@ def test_mismatched_shapes_and_affines(case_copy):
 
 
 @pytest.mark.parametrize("value,dtype", [(3, np.uint8), (7, np.int16), (-1, np.int16)])
-def test_unexpected_label_values(case_copy, value, dtype):
+def test_unexpected_label_values_and_no_misleading_hint(case_copy, value, dtype):
+    """Issue 12, defect 7: a value no convention has (7, -1; 3 beside 4) is not blamed on the convention."""
     seg = case_copy.path("seg")
     image = nib.load(seg)
     data = np.asanyarray(image.dataobj).astype(dtype)
     data[0, 0, 0] = value
     _save(seg, data, image.affine)
-    with pytest.raises(DataError, match=r"seg\.nii\.gz: unexpected label values"):
+    with pytest.raises(DataError, match=r"seg\.nii\.gz: unexpected label values.*no BraTS convention has them"):
         brats.load_case(case_copy)
 
 
-def test_label_convention_can_be_forced(case_copy):
+def test_label_convention_hint_names_the_setting_and_can_be_forced(case_copy):
+    """Issue 12, defect 7: the hint names the dataset's label_convention key (the workflow accepts it: test_cli)."""
     seg = case_copy.path("seg")
     image = nib.load(seg)
     relabelled = np.where(np.asanyarray(image.dataobj) == 4, 3, np.asanyarray(image.dataobj)).astype(np.uint8)
     _save(seg, relabelled, image.affine)
-    with pytest.raises(DataError, match="label_convention='brats2023'"):
+    with pytest.raises(DataError, match=r"set the dataset's label_convention to 'brats2023' "
+                                        r"\(workflow config: datasets\.<name>\.label_convention\)"):
         brats.load_case(case_copy)
     assert set(np.unique(brats.load_case(case_copy, label_convention="brats2023").label)) == {0, 1, 2, 3}
     with pytest.raises(ValueError):
@@ -185,6 +220,16 @@ def test_constant_volume(case_copy, fill):
     volume = brats.load_case(case_copy)
     with pytest.raises(DataError, match=r"flair\.nii\.gz: constant intensity"):
         brats.slice_case(volume, (32, 32))
+
+
+def test_case_at_reads_one_folder_without_its_siblings(phantom_root, tmp_path):
+    case = brats.case_at(phantom_root / "Phantom_001")
+    assert (case.case_id, case.naming) == ("Phantom_001", "brats2018")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError, match=r"notes: not a BraTS case folder"):
+        brats.case_at(tmp_path / "notes")
+    with pytest.raises(DataError, match=r"nope: no such case folder"):
+        brats.case_at(tmp_path / "nope")
 
 
 def test_empty_root_and_stray_folders(tmp_path, phantom_root):
@@ -267,6 +312,20 @@ def test_slice_case_windows_match_normalised_volume(phantom_root, size):
     labels = np.pad(brats.to_contiguous(volume.label), ((pad, pad), (pad, pad), (0, 0)))
     window = labels[x0 + pad: x0 + pad + size[0], y0 + pad: y0 + pad + size[1], sliced.slice_index]
     np.testing.assert_array_equal(sliced.labels, np.moveaxis(window, 2, 0))
+
+
+def test_cover_brain_grows_the_window_to_the_whole_brain(phantom_root):
+    volume = brats.load_case(brats.find_cases(phantom_root)[0])
+    mask = brats.brain_mask(volume.images)
+    small = brats.slice_case(volume, (16, 16))
+    grown = brats.slice_case(volume, (16, 16), cover_brain=True)
+    extent = [int(np.ptp(np.flatnonzero(mask.any(axis=a)))) + 1 for a in ((1, 2), (0, 2))]
+    assert small.images.shape[-2:] == (16, 16) and grown.images.shape[-2:] == tuple(extent)
+    x0, y0 = grown.crop
+    inside = np.zeros_like(mask)
+    inside[max(x0, 0):x0 + extent[0], max(y0, 0):y0 + extent[1]] = True
+    assert not (mask & ~inside).any()  # every brain voxel lies in the grown window
+    assert brats.slice_case(volume, (48, 56), cover_brain=True).images.shape[-2:] == (48, 56)  # never shrinks
 
 
 def test_slice_case_tumour_keep_and_window_warning(phantom_root):

@@ -83,6 +83,24 @@ def test_size_mismatch_is_skipped_with_warning_or_rejected(copy_of):
         load_paired(root, on_mismatch="resize")
 
 
+@pytest.mark.parametrize("pair,target,source,found", [
+    ("SPECT", "MRI/2001.png", "SPECT/2001.png", "colour image in the anatomical folder"),  # swapped files
+    ("SPECT", "SPECT/2001.png", "MRI/2001.png", "gray image in the SPECT folder, which holds colour"),
+    ("GFP", "GFP/02-B01-g.jpg", "PCI/02-B01-t.jpg", "gray image in the GFP folder"),  # gray stored as RGB
+    ("CT", "CT/2001.png", "../SPECT/SPECT/2001.png", "colour image in the CT folder, which holds gray"),
+])
+def test_wrong_colour_kind_is_skipped_with_warning_or_rejected(copy_of, phantoms, pair, target, source, found):
+    """Issue 12, defect 9: a colour anatomical image or a gray image in a colour functional folder was accepted."""
+    root = copy_of(pair)
+    shutil.copy(phantoms[pair] / source, root / target)
+    name = Path(target).stem.removesuffix("-g")
+    with pytest.warns(UserWarning, match=rf"{Path(target).name}: a {found}.*skipped"):
+        data = load_paired(root)
+    assert name not in data.names and len(data.names) == 5
+    with pytest.raises(DataError, match=found):
+        load_paired(root, on_mismatch="error")
+
+
 def test_missing_counterpart(copy_of):
     root = copy_of("PET")
     (root / "PET" / "3002.png").unlink()

@@ -105,9 +105,10 @@ def test_a_bad_case_leaves_no_store_behind(raw, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"Phantom_003_seg\.nii\.gz: not a readable NIfTI"):
         preprocess_brats(broken, out, slice_size=SIZE, progress=False)
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()  # no store, no lock file, not even the folder the lock made
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no BraTS cases"):
-        preprocess_brats(tmp_path / "out", tmp_path / "o2", progress=False)
+        preprocess_brats(tmp_path / "empty", tmp_path / "o2", progress=False)
 
 
 def test_mixed_namings_need_an_explicit_convention(raw, tmp_path):

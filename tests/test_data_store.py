@@ -1,7 +1,10 @@
 """HDF5 slice stores: atomic writing, the lazy Dataset (also in DataLoader workers), attributes, reassembly."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -40,6 +43,32 @@ def test_writer_is_atomic(tmp_path):
     with pytest.raises(RuntimeError):
         _write(tmp_path / "new.h5", fail_after_append=True)
     assert not (tmp_path / "new.h5").exists()
+
+
+def test_content_digest_identifies_what_was_written(tmp_path):
+    _write(tmp_path / "a.h5")
+    _write(tmp_path / "b.h5")
+    _write(tmp_path / "c.h5", n=6)
+    digest = {name: read_store_attrs(tmp_path / f"{name}.h5")["content_digest"] for name in "abc"}
+    assert digest["a"] == digest["b"] != digest["c"] and len(digest["a"]) == 16
+
+
+def test_writer_removes_the_partial_files_of_dead_writers(tmp_path):
+    """Issue 12, defect 6: a killed preprocess left ``.train.h5.<pid>-<uuid>.partial.h5`` that no run removed."""
+    named_by_a_dead_writer = subprocess.run(
+        [sys.executable, "-c", "import os; from benchmark.atomic import partial_path; "
+                               "print(os.getpid(), partial_path('train.h5'))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    dead = named_by_a_dead_writer[0]
+    stale = [tmp_path / named_by_a_dead_writer[1],
+             tmp_path / f".train.h5.{dead}-0123abcd.partial.h5"]  # as the earlier writers named them
+    kept = [tmp_path / f".train.h5.{os.getpid()}-89abcdef.partial.h5",  # a live writer's
+            tmp_path / f".train.h5.{dead}-0123abcd-elsewhere.partial.h5",  # another host's: cannot be checked
+            tmp_path / f".val.h5.{dead}-0123abcd.partial.h5"]  # another target's, cleaned by its own writer
+    for path in stale + kept:
+        path.write_bytes(b"half a store")
+    _write(tmp_path / "train.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["train.h5", *(p.name for p in kept)])
 
 
 def test_append_rejects_inconsistent_blocks(tmp_path):

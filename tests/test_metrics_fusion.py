@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from metrics import cli, fusion
 from metrics.fusion import CONVENTIONS, METRICS, fusion_metrics
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO.parent / "shared" / "reference" / "metrics_golden"
+GOLDEN = REPO / "tests" / "golden"  # the reference outputs (see golden.json's "about"), vendored with the tests
 TOL = {"fuse4seg": 1e-6, "vifb": 1e-6, "cddfuse": 1e-5}
 GOLDEN_SECTION = {"fuse4seg": "canonical", "cddfuse": "cddfuse", "vifb": "vifb"}
 # fuse4seg's SSIM is the mean of the two SSIMs: the canonical section stores it as SSIM_mean.
@@ -32,21 +33,12 @@ VARIANTS = {  # fuse4seg variants and the canonical key holding their reference 
 
 
 def _golden() -> dict:
-    if not (GOLDEN / "golden.json").is_file():
-        pytest.skip(f"golden metric values not found at {GOLDEN} (the shared reference folder)")
     return json.loads((GOLDEN / "golden.json").read_text())
 
 
-def _golden_cases() -> list[str]:
-    return sorted(json.loads((GOLDEN / "golden.json").read_text())["triples"]) if (GOLDEN / "golden.json").is_file() \
-        else ["t1_mri_like", "t2_uniform_random", "t3_edge_cases"]
-
-
-@pytest.fixture(scope="module", params=_golden_cases())
+@pytest.fixture(scope="module", params=sorted(_golden()["triples"]))
 def triple(request) -> tuple[str, dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    info = _golden()["triples"].get(request.param)
-    if info is None:
-        pytest.skip(f"triple {request.param} not in {GOLDEN / 'golden.json'}")
+    info = _golden()["triples"][request.param]
     arrays = []
     for key in "ABF":
         path = GOLDEN / f"{request.param}_{key}.npy"
@@ -405,10 +397,12 @@ def test_cli_writes_csv_and_sidecar_atomically(tmp_path, capsys):
     assert "3 images, convention vifb" in printed and f"SSIM {expected['SSIM'].mean():.4f}" in printed
 
 
-def test_cli_reports_errors_and_registers_on_a_parent_parser(tmp_path):
-    with pytest.raises(SystemExit, match="metrics fusion: .*no such folder"):
+def test_cli_reports_errors_and_registers_on_a_parent_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
         cli.main(["fusion", "--a", str(tmp_path / "nope"), "--b", str(tmp_path), "--fused", str(tmp_path),
                   "--out", str(tmp_path / "x.csv")])
+    assert stop.value.code == 2
+    assert re.match(r"error: metrics fusion: .*nope: no such folder$", capsys.readouterr().err)
     parent = argparse.ArgumentParser()
     cli.add_parser(parent.add_subparsers(dest="command"))
     args = parent.parse_args(["metrics", "fusion", "--a", "A", "--b", "B", "--fused", "F", "--out", "o.csv"])

@@ -121,7 +121,7 @@ def test_plan_of_default_config_has_ablations_only_on_brats():
 
 def test_config_validation_fills_defaults_and_names_bad_keys():
     config = default_config()
-    assert config["datasets"]["brats"]["split_fractions"] == [0.6, 0.2, 0.2]
+    assert config["datasets"]["gfp_pc"]["split_fractions"] == [0.6, 0.2, 0.2]  # the default.yaml sets none
     assert "grad_clip" not in config["training"]  # resolved per run, see the precedence test
     assert Plan(config).training("brats", "fuse4seg")["grad_clip"] == 1.0
     bad = yaml.safe_load(DEFAULT_CONFIG.read_text())
@@ -136,9 +136,47 @@ def test_unset_environment_variable_in_a_path_is_an_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_ROOT", raising=False)
     config = default_config()
     config["datasets"]["brats"].update(source="folder", path="${NO_SUCH_ROOT}/brats")
-    plan = Plan(config)
     with pytest.raises(ConfigError, match="datasets.brats.path.*NO_SUCH_ROOT"):
-        plan.raw_dir("brats")
+        Plan(config)
+
+
+def test_every_bad_value_is_caught_at_plan_time_with_its_key_path(tmp_path: Path):
+    """Issue 12, defect 3: training / follower sections took any object (before c4b6fa1), and split fractions not
+    summing to 1, a missing raw folder or a GFP folder configured as SPECT failed only in a job."""
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    raw["datasets"]["brats"]["training"] = {"batch_sise": 4}
+    raw["follower"]["width"] = 3
+    raw["datasets"]["gfp_pc"]["synthetic"]["n_cases"] = 2  # an argument of the other phantom writer
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw, SCHEMA)
+    for key in ("datasets.brats.training: Additional properties", "follower: Additional properties",
+                "datasets.gfp_pc.synthetic: Additional properties"):
+        assert key in str(err.value)
+
+    (tmp_path / "gfp" / "GFP").mkdir(parents=True)
+    (tmp_path / "gfp" / "PCI").mkdir()
+    config = default_config()
+    config["datasets"]["brats"]["split_fractions"] = [0.5, 0.2, 0.2]
+    config["datasets"]["harvard_mri_pet"]["split_fractions"] = [0.8, 0.2, 0.0]
+    config["datasets"]["harvard_mri_spect"].update(source="folder", path=str(tmp_path / "nowhere"))
+    config["datasets"]["gfp_pc"].update(source="folder", path=str(tmp_path / "gfp"), functional="SPECT")
+    config["method_training"] = {"no_such_method": {"batch_size": 4}}
+    with pytest.raises(ConfigError) as err:
+        Plan(config)
+    lines = str(err.value).splitlines()[1:]
+    assert lines == [
+        "  datasets.brats.split_fractions: [0.5, 0.2, 0.2] sum to 0.9, not 1",
+        f"  datasets.harvard_mri_spect.path: {tmp_path / 'nowhere'}: no such folder",
+        "  datasets.harvard_mri_pet.split_fractions: [0.8, 0.2, 0.0]: training and test need patients "
+        "(first and last > 0)",
+        f"  datasets.gfp_pc.functional: 'SPECT' (anatomical 'PC') needs PC/, SPECT/ in {tmp_path / 'gfp'}, "
+        "which holds GFP/, PCI/",
+        f"  method_training.no_such_method: no method of this name (found: {', '.join(sorted(discover_methods()[0]))})",
+    ]
+    config = default_config()
+    config["datasets"]["harvard_mri_pet"]["functional"] = "SPECT"  # phantoms of PET pairs
+    with pytest.raises(ConfigError, match="datasets.harvard_mri_pet.functional: 'SPECT', but the phantoms are 'PET'"):
+        Plan(config)
 
 
 def test_cli_help_and_methods_listing():

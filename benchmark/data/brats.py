@@ -11,6 +11,8 @@ Arrays keep the NIfTI axis order (X, Y, Z); axial slices are ``volume[:, :, z]``
 """
 from __future__ import annotations
 
+import io
+import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ KEEP_CHOICES = ("brain", "tumour")
 AFFINE_ATOL = 1e-3  # mm; affines of one case's modalities may differ by float noise only
 PERCENTILES = (0.5, 99.5)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+NIFTI1_HEADER_BYTES = 348
+MAX_DEFLATE_RATIO = 1032  # deflate expands 2 bits to at most 258 bytes
 
 Keep = Union[str, float]
 
@@ -84,6 +88,18 @@ def _naming_of(folder: Path) -> str | None:
     return found[0] if found else None
 
 
+def case_at(folder: Path | str) -> BratsCase:
+    """The case in ``folder`` (``<case>/<case>_<modality>.nii.gz`` or the 2023+ naming), read alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such case folder")
+    naming = _naming_of(folder)
+    if naming is None:
+        raise DataError(f"{folder}: not a BraTS case folder (expected {folder.name}_<modality>.nii.gz or "
+                        f"{folder.name}-<modality>.nii.gz files)")
+    return BratsCase(folder.name, folder, naming)
+
+
 def find_cases(root: Path | str) -> list[BratsCase]:
     """Case folders under ``root`` sorted by id; sub-folders holding no BraTS file are skipped with a warning."""
     root = Path(root)
@@ -107,10 +123,11 @@ def _gunzip(raw: bytes) -> bytes:
     """Whole-buffer gzip decode with the output buffer sized from the gzip trailer (ISIZE).
 
     Without that size CPython regrows the buffer while holding the GIL: about 1.7x slower, and decoding
-    threads then do not run in parallel.
+    threads then do not run in parallel. A damaged trailer must not size the buffer (4 GiB for a few bytes):
+    the size is capped at what deflate can expand the file to, and zlib then rejects the wrong length.
     """
     expected = int.from_bytes(raw[-4:], "little")
-    out = zlib.decompress(raw, zlib.MAX_WBITS | 16, max(expected, 1))
+    out = zlib.decompress(raw, zlib.MAX_WBITS | 16, max(min(expected, MAX_DEFLATE_RATIO * len(raw)), 1))
     if len(out) % 2**32 == expected:
         return out
     # several gzip members (e.g. bgzip): the trailer was the last member's and zlib stopped after the first
@@ -124,6 +141,17 @@ def _gunzip(raw: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _check_voxel_bytes(raw: bytes) -> None:
+    """ValueError unless the voxels the header declares fit in the file: nibabel would first allocate the declared
+    size (gigabytes for a damaged dimension) and only then find the data short."""
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw[:NIFTI1_HEADER_BYTES]))
+    shape = header.get_data_shape()
+    needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
+    if needed > len(raw):
+        raise ValueError(f"the header declares {shape} voxels of {header.get_data_dtype()}, {needed:,} bytes, "
+                         f"but the file holds {len(raw):,}")
+
+
 def read_nifti(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     """Voxel array (stored dtype, scaling applied if any) and affine of a 3-D NIfTI-1 file, any failure -> DataError."""
     path = Path(path)
@@ -134,6 +162,7 @@ def read_nifti(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     try:
         if raw[:2] == b"\x1f\x8b":
             raw = _gunzip(raw)
+        _check_voxel_bytes(raw)
         image = nib.Nifti1Image.from_bytes(raw)
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel / zlib raise many types for corrupt input; all mean the same here
@@ -166,9 +195,12 @@ def _check_label_values(label: np.ndarray, convention: str, what: str) -> None:
     bad = [v for v in range(max(lo, 0), min(hi, 255) + 1) if v not in allowed and (label == v).any()]
     if lo < 0 or hi > 255 or bad:
         found = bad if 0 <= lo <= hi <= 255 else f"in range {lo}..{hi}"
-        other = next(c for c in LABEL_VALUES if c != convention)
-        raise DataError(f"{what}: unexpected label values {found}; {convention} allows {set(allowed)} "
-                        f"(pass label_convention={other!r} if the data follow that convention)")
+        present = set(np.unique(label).tolist())
+        fits = [c for c, values in LABEL_VALUES.items() if c != convention and present <= set(values)]
+        hint = (f"if the data follow the {fits[0]} convention {set(LABEL_VALUES[fits[0]])}, set the dataset's "
+                f"label_convention to {fits[0]!r} (workflow config: datasets.<name>.label_convention)" if fits
+                else "no BraTS convention has them: check the segmentation file")
+        raise DataError(f"{what}: unexpected label values {found}; {convention} allows {set(allowed)}; {hint}")
 
 
 def _read_label(seg: np.ndarray, path: Path, convention: str) -> np.ndarray:
@@ -344,12 +376,14 @@ class CaseSlices:
     convention: str
 
 
-def slice_case(volume: BratsVolume, slice_size: tuple[int, int], keep: Keep = "brain", seed: int = 0) -> CaseSlices:
+def slice_case(volume: BratsVolume, slice_size: tuple[int, int], keep: Keep = "brain", seed: int = 0, *,
+               cover_brain: bool = False) -> CaseSlices:
     """Normalise a loaded case and cut its kept axial slices to ``slice_size`` windows.
 
     Each modality is clipped to its ``PERCENTILES`` over the brain voxels, scaled to [0, 1] and zeroed outside
     the brain. The window is centred on the brain's XY bounding box (same for every slice of the case); parts
-    outside the volume are zero padding. The ratio draw uses a generator seeded by (seed, case id), so it does
+    outside the volume are zero padding; ``cover_brain`` grows it along an axis where the brain is larger, so that
+    no brain voxel is left out (inference). The ratio draw uses a generator seeded by (seed, case id), so it does
     not depend on the order or process in which cases are handled.
 
     Speed: work happens on transposed (Z, Y, X) views, C-contiguous for NIfTI's Fortran-ordered arrays, so
@@ -365,6 +399,8 @@ def slice_case(volume: BratsVolume, slice_size: tuple[int, int], keep: Keep = "b
     z0, z1 = _extent(brain_z)
     brain_yx = mz[z0:z1].any(axis=0)
     (y0, y1), (x0, x1) = _extent(brain_yx.any(axis=1)), _extent(brain_yx.any(axis=0))
+    if cover_brain:
+        H, W = max(H, x1 - x0), max(W, y1 - y0)
     box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
     ranges = [intensity_range(image.T[box], mz[box], str(volume.files.get(m, m)))
               for m, image in zip(volume.modalities, volume.images)]

@@ -16,7 +16,9 @@ equal to each channel when R = G = B), 1 = the luminance Y of a colour functiona
 whose Cb, Cr are kept as ``chroma`` to rebuild colour, or the gray functional image (CT) as is. Values
 are the 8-bit levels / 255. Pairs whose two images differ in size are never resized: ``on_mismatch``
 "skip" warns (naming both files and sizes) and drops the pair, "error" raises; the same applies to a file
-without its counterpart. ``size`` centre-crops / zero-pads every pair to a common size, only when given.
+without its counterpart, to a colour image in the anatomical folder (gray stored as RGB, R = G = B, is gray) and
+to a gray image in a colour functional folder (PET, SPECT, GFP) or a colour one in the CT folder: each means
+swapped or foreign files. ``size`` centre-crops / zero-pads every pair to a common size, only when given.
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ HARVARD_NAME = re.compile(r"^(\d+)(\d{3})$")
 GFP_NAME = re.compile(r"^(\d+)-([A-Za-z])(\d+)$")
 GRAY_MODES = {"L", "1", "LA"}
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr"}
+GRAY_FUNCTIONAL = ("CT",)  # functional images stored gray; the others are pseudo-colour (PET, SPECT) or green (GFP)
+GRAY_TOLERANCE = 2  # levels by which R, G, B of a gray image stored as colour may differ (JPEG rounding)
+MAX_PIXELS = 8192 * 8192  # larger images are refused before decoding (a damaged header must not allocate GBs)
 NEUTRAL_CHROMA = 128 / 255
 
 
@@ -150,12 +155,17 @@ def read_image(path: Path | str) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise DataError(f"{path}: {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} an image "
+                                "may have here (damaged header?)")
             image.load()
             if image.mode in GRAY_MODES:
                 return np.asarray(image.convert("L"))
             if image.mode in COLOUR_MODES:
                 return np.asarray(image.convert("RGB"))
             mode = image.mode
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for corrupt / truncated files
         raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     raise DataError(f"{path}: unsupported image mode {mode} (8-bit gray or colour expected)")
@@ -165,12 +175,32 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}"
 
 
-def load_pair(item: PairedItem, on_mismatch: str = "skip") -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(channels float32 (2, H, W), chroma float32 (2, H, W) or None) of a pair; None if skipped for size."""
+def is_gray(image: np.ndarray) -> bool:
+    """A gray image: one channel, or R, G, B equal within ``GRAY_TOLERANCE`` (gray stored as colour)."""
+    if image.ndim == 2:
+        return True
+    channels = image.astype(np.int16)
+    return bool(np.abs(channels[..., 1:] - channels[..., :1]).max(initial=0) <= GRAY_TOLERANCE)
+
+
+def load_pair(item: PairedItem, functional_kind: str,
+              on_mismatch: str = "skip") -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(channels float32 (2, H, W), chroma float32 (2, H, W) or None) of a pair; None if skipped (sizes differ,
+    a colour anatomical image, a functional image gray where ``functional_kind`` is a colour one or the reverse)."""
+    on_mismatch = check_on_mismatch(on_mismatch)
     anatomical, functional = read_image(item.anatomical), read_image(item.functional)
     if anatomical.shape[:2] != functional.shape[:2]:
         _mismatch(f"size mismatch in pair {item.name}: {item.anatomical} is {_size(anatomical)} but "
-                  f"{item.functional} is {_size(functional)} (pairs are never resized)", check_on_mismatch(on_mismatch))
+                  f"{item.functional} is {_size(functional)} (pairs are never resized)", on_mismatch)
+        return None
+    if not is_gray(anatomical):
+        _mismatch(f"{item.anatomical}: a colour image in the anatomical folder, which holds gray images "
+                  "(files swapped?)", on_mismatch)
+        return None
+    if is_gray(functional) != (functional_kind in GRAY_FUNCTIONAL):
+        expected = "gray" if functional_kind in GRAY_FUNCTIONAL else "colour"
+        _mismatch(f"{item.functional}: a {'gray' if is_gray(functional) else 'colour'} image in the "
+                  f"{functional_kind} folder, which holds {expected} images (files swapped?)", on_mismatch)
         return None
     if anatomical.ndim == 3:
         anatomical = rgb_to_ycbcr(anatomical)[..., 0]
@@ -189,7 +219,7 @@ def load_paired(root: Path | str, *, anatomical: str = "MRI", functional: str | 
     target = None if size is None else as_size(size)
     loaded, kept = [], []
     for item in items:
-        pair = load_pair(item, on_mismatch)
+        pair = load_pair(item, modalities[1], on_mismatch)
         if pair is None:
             continue
         channels, chroma = pair

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Sequence
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..atomic import partial_path
+from ..atomic import write_text_atomic
 from . import DataError
 
 SPLITS = ("train", "val", "test")
@@ -98,17 +97,8 @@ def load_or_make_splits(path: Path | str, patients: Sequence[str], fractions: Se
 
 def write_splits(path: Path | str, splits: dict[str, Any]) -> Path:
     """Write the split file atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
     assert_disjoint(splits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        tmp.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(splits, indent=1) + "\n")
 
 
 class PatientBatchSampler(Sampler[list[int]]):

@@ -3,7 +3,9 @@
 An engine describes its training as a list of ``Stage`` objects (e.g. follower warm-up, then bi-level
 rollout). ``run_stages`` runs them epoch by epoch, writes one CSV row per epoch and a resumable checkpoint
 after every epoch. Each epoch re-seeds the random generators from ``(seed, epoch)``, so an interrupted run
-resumed from its last checkpoint follows exactly the path of an uninterrupted one.
+resumed from its last checkpoint follows the path of an uninterrupted one. A checkpoint carries the run's
+fingerprint (``benchmark.fingerprint``) and is resumed only by a run with the same one: a checkpoint of another
+configuration, store or code version is discarded and the run starts fresh, saying so.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -21,7 +24,9 @@ import numpy as np
 import torch
 
 from ..atomic import write_atomic
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+CPU_AMP_ENV = "FUSE4SEG_CPU_AMP"  # "1": autocast on CPU as well (bfloat16), e.g. so that tests reach the AMP path
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,10 +46,18 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
-    """Mixed precision on CUDA only; CPU runs stay in float32 so that results are exactly reproducible."""
-    if not enabled or device.type != "cuda":
+    """Mixed precision on CUDA. CPU runs stay in float32 (reproducible, and bfloat16 is slow on most CPUs) unless
+    ``$FUSE4SEG_CPU_AMP`` is "1": then CPU runs autocast to bfloat16, the CUDA runs' path on any machine (float16
+    needs a gradient scaler, which CPU runs do not have)."""
+    if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if device.type == "cpu" and os.environ.get(CPU_AMP_ENV) == "1":
+        if dtype != "bfloat16":
+            raise ValueError(f"${CPU_AMP_ENV}=1: CPU autocast runs in bfloat16 only, but amp_dtype is {dtype!r}")
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def cosine_lr(base_lr: float, epoch: int, total: int, min_factor: float = 0.01) -> float:
@@ -168,10 +181,9 @@ class EpochLog:
             self._tb.flush()
 
     def write(self) -> None:
-        """Rewrite the CSV (a header alone for runs without training, e.g. a parameter-free fusion)."""
-        columns: list[str] = ["epoch", "stage"]
-        for r in self.rows:
-            columns += [c for c in r if c not in columns]
+        """Rewrite the CSV (a header alone for runs without training, e.g. a parameter-free fusion). Columns:
+        ``epoch``, ``stage``, then every other key in the order the epochs first logged it."""
+        columns = list(dict.fromkeys(["epoch", "stage", *(c for r in self.rows for c in r)]))
 
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -182,6 +194,27 @@ class EpochLog:
         write_atomic(self.path, write)
 
 
+def _resume(ckpt: Path, fingerprint: str, state: TrainState, device: torch.device,
+            progress: Callable[[str], None]) -> tuple[int, list[dict[str, Any]]]:
+    """``(next epoch, log rows)`` restored from ``ckpt``, or ``(0, [])`` (and no checkpoint) when there is none or
+    it belongs to another run (fingerprint) or cannot be read."""
+    if not ckpt.is_file():
+        return 0, []
+    try:
+        saved, meta = load_checkpoint(ckpt, map_location=str(device))
+        found = meta.get("fingerprint")
+        if found != fingerprint:
+            raise CheckpointError(f"{ckpt}: written for fingerprint {found}, this run's is {fingerprint} (its "
+                                  "configuration, stores or code changed)")
+        state.load_state_dict(saved, device)
+    except CheckpointError as err:
+        progress(f"not resuming: {err}; starting fresh")
+        ckpt.unlink()
+        return 0, []
+    progress(f"resuming from {ckpt} at epoch {meta['next_epoch']}")
+    return meta["next_epoch"], meta["log"]
+
+
 def run_stages(
     stages: list[Stage],
     state: TrainState,
@@ -189,10 +222,12 @@ def run_stages(
     seed: int,
     device: torch.device,
     *,
+    fingerprint: str,
     stop_after_epochs: int | None = None,
     progress: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run ``stages`` with a checkpoint after each epoch in ``work_dir``; resume from one if present.
+    """Run ``stages`` with a checkpoint after each epoch in ``work_dir``; resume from one with the same
+    ``fingerprint`` (see the module doc).
 
     ``stop_after_epochs`` ends the run early (after that many global epochs) as an interruption would;
     tests use it to check that resuming reproduces an uninterrupted run.
@@ -200,12 +235,7 @@ def run_stages(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / "last.safetensors"
-    start, rows = 0, []
-    if ckpt.is_file():
-        saved, meta = load_checkpoint(ckpt, map_location=str(device))
-        state.load_state_dict(saved, device)
-        start, rows = meta["next_epoch"], meta["log"]
-        progress(f"resuming from {ckpt} at epoch {start}")
+    start, rows = _resume(ckpt, fingerprint, state, device, progress)
     log = EpochLog(work_dir.parent / "train_log.csv", rows)
     log.write()
     total = sum(s.epochs for s in stages)
@@ -220,7 +250,8 @@ def run_stages(
                 losses = stage.run_epoch(local, stage.epochs)
                 row = {"epoch": epoch, "stage": stage.name, **losses, "seconds": round(time.perf_counter() - t0, 3)}
                 log.append(row)
-                save_checkpoint(ckpt, state.state_dict(), {"next_epoch": epoch + 1, "log": log.rows})
+                save_checkpoint(ckpt, state.state_dict(),
+                                {"fingerprint": fingerprint, "next_epoch": epoch + 1, "log": log.rows})
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in losses.items() if isinstance(v, float))
                 progress(f"[{stage.name}] epoch {epoch + 1}/{total}: {shown} ({row['seconds']:.1f}s)")
             epoch += 1

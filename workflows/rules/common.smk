@@ -54,12 +54,15 @@ def raw_input(wildcards):
 
 
 def segmenter_inputs(wildcards):
-    """What scores a BraTS run: the follower on the run's fused test store, or the method on the sources."""
+    """What scores a BraTS run: the follower on the run's fused test store, or the method on the sources; with the
+    run.json files that list the patients each model trained on."""
     spec, folder = spec_of(wildcards), run_dir(wildcards)
+    models = [f"{folder}/model.safetensors", f"{folder}/run.json"]
     if spec.pipeline == "segmentation":
-        return [f"{folder}/model.safetensors"]
-    model = f"{folder}/follower/model.safetensors" if spec.pipeline == "disjoint" else f"{folder}/model.safetensors"
-    return [model, f"{folder}/fused_store/test.h5"]
+        return models
+    if spec.pipeline == "disjoint":
+        models += [f"{folder}/follower/model.safetensors", f"{folder}/follower/run.json"]
+    return models + [f"{folder}/fused_store/test.h5"]
 
 
 def render_inputs(wildcards):

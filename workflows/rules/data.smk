@@ -1,4 +1,6 @@
 # Raw folders (or synthetic phantoms written in the real layouts) -> HDF5 slice stores + patient splits.
+# A raw folder is tracked by the manifest of its files (path, size, modification time; `raw` below): editing,
+# adding or removing a file rebuilds that dataset's stores and nothing else.
 
 
 rule synthesize:
@@ -13,7 +15,7 @@ rule synthesize:
     conda:
         ENV
     shell:
-        "python -m benchmark synthesize --kind {params.kind} --out {params.root} "
+        "python -m benchmark synthesize --kind {params.kind} --out {params.root} --force "
         "--options {params.options:q} > {log} 2>&1"
 
 
@@ -27,6 +29,7 @@ rule preprocess:
         splits=f"{RESULTS}/{{dataset}}/store/splits.json",
     params:
         settings=lambda w: as_json(PLAN.preprocess_settings(w.dataset)),
+        raw=lambda w: PLAN.raw_digest(w.dataset),
         out=lambda w: f"{RESULTS}/{w.dataset}/store",
     threads: config["preprocess"]["workers"]
     log:

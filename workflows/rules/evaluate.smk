@@ -34,6 +34,8 @@ rule evaluate_segmentation:
 
 use rule evaluate_segmentation as evaluate_fusion with:
     input:
+        model=f"{RUN_DIR}/model.safetensors",
+        info=f"{RUN_DIR}/run.json",
         fused=f"{RUN_DIR}/fused_store/test.h5",
         store=lambda w: store_files(w.dataset, ("test",)),
     output:

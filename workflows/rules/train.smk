@@ -1,6 +1,8 @@
 # One trained model per (dataset, run, seed); a run is a method or one of its ablation variants.
 # Disjoint pipelines (a fusion method on BraTS) go through three rules: train the fusion method, fuse each
 # store split once (fused_store/), train the shared follower on the fused store (follower/).
+# A training job re-runs when its record (config.json), its stores or its code (`code`: the version of the method's
+# code and the framework's training code) change; it resumes a checkpoint only of the same fingerprint.
 
 
 rule run_config:
@@ -41,6 +43,7 @@ rule train:
         store=lambda w: f"{RESULTS}/{w.dataset}/store",
         out=run_dir,
         device=config["device"],
+        code=lambda w: PLAN.code_version(spec_of(w).method),
     threads: config["threads_per_job"]
     resources:
         gpu=1,
@@ -110,6 +113,7 @@ rule train_follower:
         store=lambda w: f"{run_dir(w)}/fused_store",
         out=lambda w: f"{run_dir(w)}/follower",
         device=config["device"],
+        code=lambda w: PLAN.code_version(None),
     threads: config["threads_per_job"]
     resources:
         gpu=1,
