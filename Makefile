@@ -9,7 +9,10 @@ CORES ?= all
 GPU_SLOTS ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); if [ "$$n" -gt 0 ]; then echo $$n; else nproc; fi)
 # The CPU build of PyTorch: an unpinned `torch` would pull a multi-GB CUDA build. GPU users: environment.yml.
 TORCH_SPEC ?= torch==2.13.0
-PYTEST_ARGS ?= -n 2
+# nnU-Net without its timm dependency (see the `nnunet` extra in pyproject.toml).
+NNUNET_SPEC ?= "nnunetv2>=2.8.1,<2.9" "dynamic-network-architectures>=0.4.4,<0.5"
+# two workers; idle ones take tests queued for the other, so uneven test lengths do not leave a core idle
+PYTEST_ARGS ?= -n 2 --dist worksteal --durations=15
 
 .PHONY: venv run test lint report clean
 
@@ -17,7 +20,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,nnunet]"
+	$(BIN)/python -m pip install --quiet --no-deps $(NNUNET_SPEC)
 	touch $@
 
 venv: $(BIN)/.installed
