@@ -60,6 +60,22 @@ def test_output_shape_range_and_determinism(name):
     assert torch.allclose(out, again, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(n for n, i in METHODS.items() if i.kind != "multichannel"
+                                         and i.missing_reason() is None))
+def test_a_slice_is_fused_alike_whatever_shares_its_batch(name):
+    """The fuse rule fuses a store in batches: a slice's fused image must not depend on the other slices of its
+    batch (nor on the batch size), or results would change with ``evaluation.batch_size``."""
+    torch.manual_seed(0)
+    method = load_method(name, METHODS[name].test_config)
+    nets = {k: net.eval() for k, net in method.networks().items()}
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(3, 1, H, W, generator=g), torch.rand(3, 1, H, W, generator=g)
+    with torch.no_grad():
+        together = method.fuse(nets, a, b)
+        alone = torch.cat([method.fuse(nets, a[k:k + 1], b[k:k + 1]) for k in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
 @pytest.mark.parametrize("name, dataset_kind", RUNS)
 def test_trains_and_evaluates_end_to_end(name, dataset_kind, stores, tmp_path):
     dataset = DATASET_OF_KIND[dataset_kind]
