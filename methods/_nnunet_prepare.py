@@ -140,6 +140,12 @@ def write_raw_dataset(store_dir: Path, folder: Path, regions: bool) -> dict[str,
         raise ValueError(f"{store_dir}: slice names are not unique across train and val; nnU-Net needs one case each")
     channels = read_store_attrs(store_dir / "train.h5")["modalities"]
     description = dataset_json(channels, regions, len(split["train"]) + len(split["val"]))
+    # every case listed explicitly: without this list nnU-Net finds the files with a fork Pool of 12 processes,
+    # which can deadlock in a process that already runs threads (seen in a workflow job)
+    description["dataset"] = {
+        key: {"images": [f"imagesTr/{key}_{channel:04d}{FILE_ENDING}" for channel in range(len(channels))],
+              "label": f"labelsTr/{key}{FILE_ENDING}"}
+        for key in split["train"] + split["val"]}
     (folder / "dataset.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
     return split
 

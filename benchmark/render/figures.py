@@ -300,8 +300,9 @@ def leader_diagnostics(runs: list[list[RunRecord]]) -> Figure | None:
         name = seeds[0].display_name + (f" [{seeds[0].variant}]" if seeds[0].variant else "")
         for ax, (title, columns) in zip(row, _DIAGNOSTICS):
             present = [c for c in columns if c in mean and mean[c].notna().any()]
-            for column in present:
-                ax.plot(mean.index, mean[column], marker=".", ms=3, lw=1.2, label=column)
+            for column in present:  # diagnostics are taken on some epochs only: join the points taken
+                series = mean[column].dropna()
+                ax.plot(series.index, series, marker=".", ms=3, lw=1.2, label=column)
             if not present:
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, fontsize=7)
             _mark_stages(ax, logs[0])

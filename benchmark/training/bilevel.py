@@ -20,7 +20,8 @@ rate.
 Diagnostics logged per epoch (``train_log.csv``, plotted by the renderer): the fused image's correlation and MSE
 to the prior (``corr_prior``, ``mse_prior``), each loss term, the share of the leader's gradient norm that comes
 from each weighted term (``share_seg``, ``share_dec``, ``share_grad``, ``share_mse``; on the epoch's first batch)
-and the follower's validation Dice (``val_dice``).
+and the follower's validation Dice (``val_dice``). The gradient shares cost a few backward passes, so they are
+taken on about eight evenly spaced epochs of a stage (``stages.monitored``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..nn.functional import pearson_per_image
 from .context import TrainContext
 from .follower import follower_optimizer, follower_stage
 from .loop import EMA, Stage, set_lr
-from .stages import RunningMean, cosine, fusion_stage, validation_dice
+from .stages import RunningMean, cosine, fusion_stage, monitored, validation_dice
 
 if TYPE_CHECKING:
     from ..methods import JointMethod
@@ -158,7 +159,7 @@ def bilevel_stage(method: "JointMethod", ctx: TrainContext, leader, follower, op
             tr, val = partition_by_patient(batch["patient"], training.val_fraction, generator=generator)
             a, b = ctx.sources(batch)
             target = batch["label"].to(ctx.device)
-            if step == 0:
+            if step == 0 and monitored(local, total):
                 idx = torch.as_tensor(val, device=ctx.device)
                 follower.requires_grad_(False)
                 notes = leader_monitor(method, ctx, lambda fused: ctx.seg_loss(follower(fused), target[idx]))(

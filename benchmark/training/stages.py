@@ -46,6 +46,15 @@ def cosine(base_lr: float, offset: int = 0, total: int | None = None) -> Schedul
     return lambda epoch, epochs: cosine_lr(base_lr, offset + epoch, epochs if total is None else total)
 
 
+MONITORED_EPOCHS = 8
+
+
+def monitored(epoch: int, epochs: int) -> bool:
+    """Whether an epoch of a stage logs its diagnostics: about ``MONITORED_EPOCHS`` evenly spaced ones, the last
+    included."""
+    return epoch == epochs - 1 or epoch % max(1, round(epochs / MONITORED_EPOCHS)) == 0
+
+
 def _schedule(lr: float | Schedule) -> Schedule:
     return cosine(lr) if isinstance(lr, (int, float)) else lr
 
@@ -57,7 +66,8 @@ def fusion_stage(ctx: TrainContext, name: str, model: torch.nn.Module, optimizer
     """Train ``model`` on a label-free objective ``loss_fn(model, a, b, epoch=, step=) -> (loss, parts)``.
 
     Batches are random patches of ``training.fusion_patch`` (``crop``: another side, or None for whole images).
-    ``monitor(model, a, b)`` adds diagnostics of the epoch's first batch to the log.
+    ``monitor(model, a, b)`` adds diagnostics of the epoch's first batch to the log, at most ``MONITORED_EPOCHS``
+    times per stage (they cost a few backward passes).
     """
     schedule = _schedule(lr)
     side = ctx.training.fusion_patch if crop == "config" else crop
@@ -69,7 +79,7 @@ def fusion_stage(ctx: TrainContext, name: str, model: torch.nn.Module, optimizer
         notes: dict[str, float] = {}
         for step, batch in enumerate(ctx.loader(loader_key + local, batch_size=batch_size, crop=side)):
             a, b = ctx.sources(batch)
-            if monitor is not None and step == 0:
+            if monitor is not None and step == 0 and monitored(local, total):
                 notes = monitor(model, a, b)
             with ctx.autocast():
                 loss, parts = loss_fn(model, a, b, epoch=local, step=step)
