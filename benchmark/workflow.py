@@ -367,6 +367,32 @@ def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] |
             _fill_defaults(instance[key], extra, root)
 
 
+_SCALARS = {"integer": int, "number": float, "boolean": lambda t: {"true": True, "false": False}[t.lower()],
+            "null": lambda t: {"null": None, "~": None}[t.lower()]}
+
+
+def _coerce(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """Snakemake's ``--config key=[0, 1]`` reads the items of lists and maps as strings (YAML's base loader):
+    a string where the schema wants a number, a boolean or null becomes one when it reads as one."""
+    schema = _resolve(schema, root)
+    if isinstance(value, str):
+        types = schema.get("type", [])
+        for kind in ([types] if isinstance(types, str) else types):
+            if kind in _SCALARS:
+                try:
+                    return _SCALARS[kind](value.strip())
+                except (KeyError, ValueError):
+                    continue
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(v, schema["items"], root) for v in value]
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _coerce(v, properties[k], root) if k in properties
+                else _coerce(v, extra, root) if isinstance(extra, dict) else v for k, v in value.items()}
+    return value
+
+
 def validate_config(config: dict[str, Any], schema_path: Path | str = SCHEMA_PATH) -> dict[str, Any]:
     """Validate ``config`` against the workflow schema, fill its defaults, and return it.
 
@@ -376,7 +402,7 @@ def validate_config(config: dict[str, Any], schema_path: Path | str = SCHEMA_PAT
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
-    config = copy.deepcopy(config)
+    config = _coerce(copy.deepcopy(config), schema, schema)
     _fill_defaults(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))

@@ -37,11 +37,13 @@ def test_lint_is_clean():
 
 
 def test_dry_run_of_the_default_config_plans_every_method_and_table(tmp_path):
-    out = snakemake("-n", "--cores", "2", "--resources", "gpu=1", "--config", f"results_dir={tmp_path}", cwd=tmp_path)
+    # `--config seeds=[0,1]` as the README writes it: Snakemake reads list items as strings
+    out = snakemake("-n", "--cores", "2", "--resources", "gpu=1", "--config", f"results_dir={tmp_path}",
+                    "seeds=[0,1]", "evaluation={n_examples: 2}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     log = out.stdout + out.stderr
     for needle in ("rule preprocess", "rule train", "rule evaluate_segmentation", "rule evaluate_fusion",
-                   "rule render", "brats/fuse4seg-variant_a/seed0", "gfp_pc/average/seed0"):
+                   "rule render", "brats/fuse4seg-variant_a/seed0", "gfp_pc/average/seed0", "brats/cddfuse/seed1"):
         assert needle in log
 
 
