@@ -386,3 +386,29 @@ def test_score_file_without_required_columns_names_the_file(tree):
     with pytest.raises(ValueError, match="ET_iou") as info:
         collect_runs(dirs)
     assert str(bad) in str(info.value)
+
+
+def test_a_method_that_could_start_from_weights_says_when_it_did_not(tmp_path):
+    info = MethodInfo("cenet", Path("cenet.py"), "multichannel", "CENet (2025)", "CENet (2025)",
+                      weights={"encoder": "ImageNet PVTv2-b2"})
+    rows = {}
+    for name, weights in (("scratch", {}), ("pretrained", {"encoder": {"path": "/w/pvt.pth", "size": 1, "mtime_ns": 1}})):
+        directory = tmp_path / name / "brats" / "cenet" / "seed0"
+        directory.mkdir(parents=True)
+        RunConfig(dataset="brats", dataset_kind="brats", method="cenet", kind="multichannel", variant=None, seed=0,
+                  pipeline="segmentation", hparams={}, training={}, data={}, weights=weights).write(
+            directory / "config.json")
+        rows[name] = _collect_runs([directory], CONTEXT, methods={"cenet": info})[0]
+    assert rows["scratch"].display_name == "CENet (2025) (from scratch)"
+    assert rows["pretrained"].display_name == "CENet (2025)"
+    assert rows["scratch"].table1_paper_key == "CENet (2025)"  # still matched to the paper's row
+
+
+def test_a_skipped_method_is_named_beside_the_paper_not_just_missing(tmp_path):
+    skipped = {"ddfm": ("needs diffusers>=0.30 (pip install 'diffusers>=0.30')",
+                        MethodInfo("ddfm", Path("ddfm.py"), "fusion", "DDFM (in-domain prior)", "DDFM"))}
+    render_tables([], tmp_path, skipped=skipped)
+    vs = pd.read_csv(tmp_path / "table1_segmentation_vs_paper.csv")
+    row = vs[(vs["paper_row"] == "DDFM + Seg") & (vs["metric"] == "mean_dice")].iloc[0]
+    assert row["status"].startswith("skipped: needs diffusers")
+    assert "skipped: needs diffusers" in (tmp_path / "table1_segmentation_vs_paper.md").read_text()

@@ -10,7 +10,6 @@ file: rendering silently around a broken file would hide it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,7 +21,7 @@ from metrics.fusion import METRICS as FUSION_METRICS
 from metrics.segmentation import TABLE_COLUMNS as SEG_METRICS
 
 from ..methods import MethodInfo, discover_methods
-from ..record import FOLLOWER_DIR, RecordError, RunConfig
+from ..record import FOLLOWER_DIR, RecordError, RunConfig, read_json
 
 # Table 1 groups in the paper's order; the group names are those of paper_tables/table1_segmentation.csv.
 GROUP_BY_KIND = {"fusion": "disjoint", "multichannel": "multichannel", "joint": "proposed"}
@@ -140,15 +139,8 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    """An optional JSON sidecar: None when absent; malformed is an error naming the file (``RecordError``)."""
+    return read_json(path) if path.is_file() else None
 
 
 def _read_scores(path: Path, key: str, metrics: Iterable[str]) -> pd.DataFrame | None:
