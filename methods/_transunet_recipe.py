@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from benchmark.methods import MultiChannelMethod
 from benchmark.training.context import TrainContext
 from benchmark.training.loop import Stage, set_lr
 from benchmark.training.stages import RunningMean
@@ -66,3 +67,26 @@ def poly_sgd_stage(ctx: TrainContext, model: torch.nn.Module, *, side: int,
         return {**mean.result(), "lr": optimizer.param_groups[0]["lr"]}
 
     return Stage("segmentation", epochs, run_epoch)
+
+
+class FixedSidePolySGDMethod(MultiChannelMethod):
+    """A multi-channel method run at ``img_size`` x ``img_size`` and trained by :func:`poly_sgd_stage` (TransUNet,
+    CENet); a subclass gives its loss and how a local encoder weight file (``weights: encoder``) is loaded."""
+
+    @staticmethod
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_encoder(self, model: torch.nn.Module, path) -> None:
+        raise NotImplementedError
+
+    def segment(self, nets, images):
+        return segment_at(nets["segmenter"], images, self.hparams["img_size"])
+
+    def stages(self, ctx, nets):
+        model, h = nets["segmenter"], self.hparams
+        path = self.weight_file("encoder")
+        if path is not None:
+            self.load_encoder(model, path)
+        return [poly_sgd_stage(ctx, model, side=h["img_size"], loss_fn=self.loss, lr=h["lr"], momentum=h["momentum"],
+                               weight_decay=h["weight_decay"], power=h["poly_power"], epochs=h["epochs"])]

@@ -32,7 +32,7 @@ Declared deviations:
 import torch
 import torch.nn.functional as F
 
-from benchmark.methods import MultiChannelMethod
+from methods._transunet_recipe import FixedSidePolySGDMethod
 
 CROSS = ((0.0, 1.0, 0.0), (1.0, 1.0, 1.0), (0.0, 1.0, 0.0))
 
@@ -57,7 +57,7 @@ def boundary_dou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float 
     return ((total - 2 * intersect + smooth) / (total - (1 + alpha) * intersect + smooth)).mean()
 
 
-class Method(MultiChannelMethod):
+class Method(FixedSidePolySGDMethod):
     kind = "multichannel"
     display_name = "CENet"
     paper_name = "CENet (2025)"
@@ -100,20 +100,9 @@ class Method(MultiChannelMethod):
                      sr_ratios=h["sr_ratios"], mlp_ratios=h["mlp_ratios"], drop_path=h["drop_path"],
                      diffattn_heads=h["diffattn_heads"], scale_factors=h["scale_factors"])
 
-    def segment(self, nets, images):
-        from methods._transunet_recipe import segment_at
+    loss = staticmethod(boundary_dou_loss)
 
-        return segment_at(nets["segmenter"], images, self.hparams["img_size"])
+    def load_encoder(self, model, path):
+        from methods._cenet_pvt import load_pvt_v2
 
-    def stages(self, ctx, nets):
-        from methods._transunet_recipe import poly_sgd_stage
-
-        model, h = nets["segmenter"], self.hparams
-        path = self.weight_file("encoder")
-        if path is not None:
-            from methods._cenet_pvt import load_pvt_v2
-
-            load_pvt_v2(model.backbone, torch.load(path, map_location="cpu", weights_only=True))
-        return [poly_sgd_stage(ctx, model, side=h["img_size"], loss_fn=boundary_dou_loss, lr=h["lr"],
-                               momentum=h["momentum"], weight_decay=h["weight_decay"], power=h["poly_power"],
-                               epochs=h["epochs"])]
+        load_pvt_v2(model.backbone, torch.load(path, map_location="cpu", weights_only=True))

@@ -28,7 +28,7 @@ Declared deviations:
 import torch
 import torch.nn.functional as F
 
-from benchmark.methods import MultiChannelMethod
+from methods._transunet_recipe import FixedSidePolySGDMethod
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
@@ -45,7 +45,7 @@ def transunet_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.cross_entropy(logits, target.long()) + 0.5 * dice_loss(logits, target)
 
 
-class Method(MultiChannelMethod):
+class Method(FixedSidePolySGDMethod):
     kind = "multichannel"
     display_name = "TransUNet"
     paper_name = "transU-Net"
@@ -94,23 +94,12 @@ class Method(MultiChannelMethod):
                          head_channels=h["head_channels"], decoder_channels=tuple(h["decoder_channels"]),
                          n_skip=h["n_skip"])
 
-    def segment(self, nets, images):
-        from methods._transunet_recipe import segment_at
+    loss = staticmethod(transunet_loss)
 
-        return segment_at(nets["segmenter"], images, self.hparams["img_size"])
+    def load_encoder(self, model, path):
+        import numpy as np
 
-    def stages(self, ctx, nets):
-        from methods._transunet_recipe import poly_sgd_stage
+        from methods._transunet_net import load_imagenet21k
 
-        model, h = nets["segmenter"], self.hparams
-        path = self.weight_file("encoder")
-        if path is not None:
-            import numpy as np
-
-            from methods._transunet_net import load_imagenet21k
-
-            with np.load(path) as npz:
-                load_imagenet21k(model, npz)
-        return [poly_sgd_stage(ctx, model, side=h["img_size"], loss_fn=transunet_loss, lr=h["lr"],
-                               momentum=h["momentum"], weight_decay=h["weight_decay"], power=h["poly_power"],
-                               epochs=h["epochs"])]
+        with np.load(path) as npz:
+            load_imagenet21k(model, npz)

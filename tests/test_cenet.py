@@ -149,3 +149,14 @@ def test_segment_maps_back_to_the_slice():
     nets = {"segmenter": method.networks()["segmenter"].eval()}
     with torch.no_grad():
         assert method.segment(nets, torch.rand(2, 2, 45, 70)).shape == (2, 4, 45, 70)
+
+
+def test_method_loads_a_local_pvt_file(tmp_path):
+    torch.manual_seed(0)
+    rgb = PVTv2(3, **PVT_TINY)
+    torch.save(rgb.state_dict(), tmp_path / "pvt_v2_b2.pth")
+    net = CENet(2, 4, diffattn_heads=[2, 2, 2], scale_factors=[1.0, 0.5], **PVT_TINY)
+    Method({**Method.test_config}).load_encoder(net, tmp_path / "pvt_v2_b2.pth")
+    loaded, state = net.backbone.state_dict(), rgb.state_dict()
+    assert torch.equal(loaded["block3.0.attn.q.weight"], state["block3.0.attn.q.weight"])
+    assert torch.allclose(loaded["patch_embed1.proj.weight"][:, 0], state["patch_embed1.proj.weight"].sum(1) / 2)

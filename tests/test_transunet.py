@@ -141,3 +141,17 @@ def test_network_refuses_other_sizes_and_segment_maps_back():
             nets["segmenter"](torch.rand(1, 2, 32, 32))
     with pytest.raises(ValueError, match="multiple of 16"):
         TransUNet(2, 4, **{**TINY, "img_size": 40})
+
+
+def test_method_loads_a_local_npz_file(tmp_path):
+    torch.manual_seed(0)
+    npz = _official_npz(TransUNet(2, 4, **TINY), np.random.default_rng(1))
+    np.savez(tmp_path / "R50+ViT-B_16.npz", **npz)
+    torch.manual_seed(2)
+    from_file = TransUNet(2, 4, **TINY)
+    torch.manual_seed(2)
+    from_dict = TransUNet(2, 4, **TINY)
+    Method({**Method.test_config}).load_encoder(from_file, tmp_path / "R50+ViT-B_16.npz")
+    load_imagenet21k(from_dict, npz)
+    for name, value in from_dict.state_dict().items():
+        assert torch.equal(from_file.state_dict()[name], value), name
