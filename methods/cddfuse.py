@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from benchmark.methods import FusionMethod
 from benchmark.nn.functional import minmax_per_image
 from benchmark.training.losses import decomposition_loss, intensity_loss
-from benchmark.training.loop import Stage
+from benchmark.training.loop import Stage, raise_if_nonfinite
 from benchmark.training.stages import RunningMean
 
 
@@ -157,8 +157,9 @@ def clip_each_and_step(ctx, loss, optimizer, modules, clip):
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip:
-        for module in modules:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        norms = [torch.nn.utils.clip_grad_norm_(module.parameters(), clip) for module in modules]
+        if scaler is None:
+            raise_if_nonfinite(torch.stack(norms).sum(), loss)
     if scaler is None:
         optimizer.step()
     else:

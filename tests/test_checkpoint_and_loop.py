@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from benchmark.record import RecordError
 from benchmark.training.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, save_weights
-from benchmark.training.loop import EMA, Stage, TrainState, cosine_lr, resolve_device, run_stages
+from benchmark.training.loop import EMA, Stage, TrainState, clip_and_step, cosine_lr, resolve_device, run_stages
 
 
 def test_nested_state_with_optimizer_round_trips_in_one_file(tmp_path: Path):
@@ -179,3 +179,22 @@ def test_a_checkpoint_of_another_fingerprint_is_not_resumed(tmp_path: Path):
     messages.clear()
     _toy_training(tmp_path / "run" / "work", fingerprint="new", messages=messages)
     assert any("unreadable" in m and "starting fresh" in m for m in messages)
+
+
+def test_a_non_finite_gradient_stops_the_run_naming_stage_and_epoch(tmp_path: Path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+
+    def epoch(local, total):
+        loss = model(torch.full((2, 4), float("nan"))).mean()
+        clip_and_step(loss, opt, model.parameters(), grad_clip=None)
+        return {"loss": loss.item()}
+
+    with pytest.raises(FloatingPointError, match=r"stage 'b', epoch 1/2: non-finite gradient"):
+        run_stages([Stage("a", 0, epoch), Stage("b", 2, epoch)], TrainState({"m": model}, {"m": opt}),
+                   tmp_path / "work", seed=0, device=torch.device("cpu"), fingerprint="nan", progress=lambda s: None)
+    assert torch.equal(model.weight, before)
+    with pytest.raises(FloatingPointError, match="non-finite"):  # with clipping as well
+        clip_and_step(model(torch.full((2, 4), float("inf"))).mean(), opt, model.parameters(), grad_clip=1.0)

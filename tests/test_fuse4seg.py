@@ -81,6 +81,19 @@ def test_physical_loss_is_the_weighted_sum_and_logs_every_term():
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_a_black_patch_gives_the_leader_finite_gradients():
+    # real Harvard / BraTS images have black borders; a training patch inside one is zero in both sources
+    method = load_method("fuse4seg", TINY_LEADER)
+    torch.manual_seed(0)
+    leader = method.build_leader()
+    a, b = _sources(3)
+    a[1], b[1] = 0.0, 0.0
+    total, parts = method.physical_loss(leader(a, b), a, b)
+    total.backward()
+    assert all(math.isfinite(v) for v in parts.values())
+    assert all(torch.isfinite(p.grad).all() for p in leader.parameters() if p.grad is not None)
+
+
 def test_gradient_shares_measure_each_terms_pull():
     layer = torch.nn.Linear(3, 1, bias=False)
     with torch.no_grad():

@@ -109,9 +109,29 @@ def test_decomposition_loss_is_nonnegative_and_prefers_correlated_low_features()
     assert 0.0 <= loss_corr.item() < loss_less.item()
 
 
-def test_decomposition_loss_constant_maps_do_not_produce_nan():
-    flat = torch.ones(1, 2, 4, 4)
-    assert torch.isfinite(decomposition_loss(flat, flat, flat, flat))
+def test_decomposition_loss_and_its_gradient_are_finite_on_constant_maps():
+    # a black patch of a real image makes every feature map of the leader constant: sqrt(0) in the correlation's
+    # denominator gave a NaN gradient (0 * inf) that spread through the network in one step
+    torch.manual_seed(4)
+    flat = torch.ones(2, 3, 4, 4, requires_grad=True)
+    other = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = decomposition_loss(flat, other, flat * 2, other)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(flat.grad).all() and torch.isfinite(other.grad).all()
+
+
+def test_decomposition_loss_matches_cddfuses_correlation_on_non_constant_maps():
+    def cddfuse_cc(x, y):  # its utils: eps + sqrt(sum x^2) * sqrt(sum y^2), per sample and channel
+        x = x.flatten(2) - x.flatten(2).mean(-1, keepdim=True)
+        y = y.flatten(2) - y.flatten(2).mean(-1, keepdim=True)
+        eps = torch.finfo(torch.float32).eps
+        return ((x * y).sum(-1) / (eps + x.square().sum(-1).sqrt() * y.square().sum(-1).sqrt())).clamp(-1, 1).mean()
+
+    torch.manual_seed(5)
+    low_a, low_b, high_a, high_b = (torch.randn(2, 4, 8, 8) for _ in range(4))
+    low_b = low_b + low_a
+    expected = cddfuse_cc(high_a, high_b) ** 2 / (1.01 + cddfuse_cc(low_a, low_b))
+    assert decomposition_loss(low_a, low_b, high_a, high_b).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- gradient / intensity

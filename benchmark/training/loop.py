@@ -107,16 +107,34 @@ class EMA:
             self.shadow[key].copy_(state[key])
 
 
+def raise_if_nonfinite(grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
+    """``FloatingPointError`` if a gradient norm is NaN or inf (called before the optimiser step)."""
+    if not torch.isfinite(grad_norm):
+        raise FloatingPointError(f"non-finite gradient (norm {grad_norm.item()}, loss {loss.item():.4g}): a loss "
+                                 "term or a layer produced NaN or inf; no weight was changed")
+
+
 def clip_and_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | None, scaler=None) -> None:
-    """Backward, optional gradient clipping (by global norm), optimiser step; AMP scaler aware."""
+    """Backward, optional gradient clipping (by global norm), optimiser step; AMP scaler aware.
+
+    Without a scaler a non-finite gradient raises ``FloatingPointError`` before the step, instead of writing NaN
+    into the weights (with one, the scaler skips such a step and lowers its scale, as AMP intends).
+    """
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     else:
         loss.backward()
+    parameters = [p for p in parameters if p.grad is not None]
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    elif scaler is None and parameters:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
+    else:
+        norm = None
+    if scaler is None and norm is not None:
+        raise_if_nonfinite(norm, loss)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -247,7 +265,10 @@ def run_stages(
                     return log.rows
                 seed_everything(seed * 100_003 + epoch)
                 t0 = time.perf_counter()
-                losses = stage.run_epoch(local, stage.epochs)
+                try:
+                    losses = stage.run_epoch(local, stage.epochs)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"stage {stage.name!r}, epoch {local + 1}/{stage.epochs}: {err}") from err
                 row = {"epoch": epoch, "stage": stage.name, **losses, "seconds": round(time.perf_counter() - t0, 3)}
                 log.append(row)
                 save_checkpoint(ckpt, state.state_dict(),

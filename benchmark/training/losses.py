@@ -91,12 +91,15 @@ def segmentation_loss(
 
 
 def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each (sample, channel) map over its pixels, clamped to [-1, 1], averaged."""
+    """Pearson correlation of each (sample, channel) map over its pixels, clamped to [-1, 1], averaged; 0 (with
+    finite gradients) where a map is constant."""
     x = x.flatten(2)
     y = y.flatten(2)
     x = x - x.mean(dim=-1, keepdim=True)
     y = y - y.mean(dim=-1, keepdim=True)
-    cc = (x * y).sum(-1) / (CC_EPS + x.square().sum(-1).sqrt() * y.square().sum(-1).sqrt())
+    # the epsilon inside the root keeps its gradient finite on a constant map (a black patch), where
+    # sqrt(0) would give 0 * inf = NaN; elsewhere it is CDDFuse's eps + sqrt(sum x^2 * sum y^2) to within 1e-14
+    cc = (x * y).sum(-1) / (x.square().sum(-1) * y.square().sum(-1) + CC_EPS**2).sqrt()
     return cc.clamp(-1.0, 1.0).mean()
 
 
