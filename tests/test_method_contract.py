@@ -13,8 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmark.data.preprocess import preprocess_paired
+from benchmark.data.synthetic import write_paired_phantoms
 from benchmark.methods import METHOD_DIRS_ENV, discover_methods, load_method
 from benchmark.record import RunConfig
+from benchmark.training.engines import train_run
 from metrics.segmentation import N_CLASSES
 
 from conftest import run_tiny_pipeline, tiny_plan
@@ -100,6 +103,30 @@ def test_trains_and_evaluates_end_to_end(name, dataset_kind, stores, tmp_path):
     trained = load_file(str(tmp_path / "model.safetensors"))
     if len(log) and any(v.is_floating_point() for v in initial.values()):
         assert any(not torch.allclose(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def black_store(tmp_path_factory):
+    """A paired store whose images are black in both sources: what a training patch inside the black border of a
+    real Harvard or GFP-PC image looks like."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("black")
+    write_paired_phantoms(root / "raw", "SPECT", n_studies=2, slices_per_study=2, seed=2, size=32)
+    for png in sorted((root / "raw").rglob("*.png")):
+        with Image.open(png) as image:  # a colour image must not be gray (R, G, B within 2 levels): a faint constant red
+            Image.new(image.mode, image.size, (4, 0, 0) if image.mode == "RGB" else 0).save(png)
+    preprocess_paired(root / "raw", root / "store", functional="SPECT", split_fractions=(0.5, 0.0, 0.5))
+    return root / "store"
+
+
+@pytest.mark.parametrize("name", [name for name, kind in RUNS if kind == "paired"])
+def test_trains_on_black_pairs_without_a_non_finite_gradient(name, black_store, tmp_path):
+    """A non-finite gradient stops training (``clip_and_step``); on a black pair no loss term may produce one."""
+    plan = tiny_plan()
+    train_run(plan.record(plan.find("harvard_mri_spect", name, 0)), black_store, tmp_path, device="cpu",
+              progress=lambda message: None)
+    assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "model.safetensors")).values())
 
 
 def test_the_templates_two_examples_train_and_evaluate(stores, tmp_path, monkeypatch):
