@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -93,9 +94,10 @@ def inference_per_slice(plan: Plan, spec, store: Path, device: torch.device, bat
 
 
 @torch.no_grad()
-def full_size_forward(name: str, kind: str, device: torch.device) -> float:
-    """Milliseconds of one forward of the full-size networks on a 256 x 256 pair (two stacked channels)."""
-    method = load_method(name)
+def full_size_forward(name: str, kind: str, device: torch.device, overrides: dict | None = None) -> float:
+    """Milliseconds of one forward of the full-size networks on a 256 x 256 pair (two stacked channels);
+    ``overrides``: hyper-parameters changed for the measurement (e.g. fewer sampling steps of a diffusion method)."""
+    method = load_method(name, overrides)
     nets = {k: v.to(device).eval() for k, v in method.networks().items()}
     a, b = torch.rand(1, 1, 256, 256, device=device), torch.rand(1, 1, 256, 256, device=device)
     if kind == "multichannel":
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, default=3, help="training batches timed per stage")
     parser.add_argument("--full", action="store_true", help="also time one full-size forward on a 256 x 256 pair")
+    parser.add_argument("--full-overrides", type=json.loads, default={},
+                        help='hyper-parameters per method for the full-size forward, e.g. \'{"ddfm": {"sampling_steps": 2}}\'')
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
                 per_slice = inference_per_slice(plan, spec, stores[dataset], device)
                 print(f"{name:18s} {dataset:18s} train ms/batch: {shown}; inference {per_slice:.1f} ms/slice")
             if args.full:
-                print(f"{name:18s} full size: one 256x256 forward {full_size_forward(name, info.kind, device):.0f} ms")
+                changed = args.full_overrides.get(name)
+                ms = full_size_forward(name, info.kind, device, changed)
+                print(f"{name:18s} full size: one 256x256 forward {ms:.0f} ms" + (f" (with {changed})" if changed else ""))
     print(f"peak memory: {peak_memory_mb(device):.0f} MiB")
 
 
