@@ -8,6 +8,7 @@ labels; a slice already at the network's side is left untouched.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Callable
 
 import torch
@@ -74,11 +75,13 @@ class FixedSidePolySGDMethod(MultiChannelMethod):
     CENet); a subclass gives its loss and how a local encoder weight file (``weights: encoder``) is loaded."""
 
     @staticmethod
+    @abstractmethod
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of float32 logits (B, C, side, side) and labels (B, side, side)."""
 
+    @abstractmethod
     def load_encoder(self, model: torch.nn.Module, path) -> None:
-        raise NotImplementedError
+        """Copy the local encoder weight file at ``path`` into ``model``."""
 
     def segment(self, nets, images):
         return segment_at(nets["segmenter"], images, self.hparams["img_size"])
