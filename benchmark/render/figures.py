@@ -223,11 +223,17 @@ def _curve_columns(logs: list[pd.DataFrame], exclude=_DIAGNOSTIC_COLUMNS) -> lis
 
 
 def _mark_stages(ax, log: pd.DataFrame) -> None:
+    """Dashed lines between stages and each stage's name above the part of it the panel shows (a name placed
+    outside the panel's x range, e.g. a stage without validation Dice, would break the figure's layout)."""
+    lo, hi = ax.get_xlim()
     for k, (stage, first, last) in enumerate(_stage_spans(log)):
-        if k:
+        if k and lo <= first - 0.5 <= hi:
             ax.axvline(first - 0.5, color="0.3", ls="--", lw=0.8)
-        ax.text((first + last) / 2, 1.01, stage, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=6, color="0.3")
+        if last < lo or first > hi:
+            continue
+        ax.text((max(first, lo) + min(last, hi)) / 2, 1.01, stage, transform=ax.get_xaxis_transform(), ha="center",
+                va="bottom", fontsize=6, color="0.3")
+    ax.set_xlim(lo, hi)
 
 
 def _stage_spans(log: pd.DataFrame) -> list[tuple[str, float, float]]:
