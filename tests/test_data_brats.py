@@ -102,19 +102,23 @@ def test_corrupt_or_truncated_nifti_is_a_data_error(case_copy, damage):
         brats.load_case(case_copy)
 
 
+def _peak_bytes_of_failing_read(path, match: str) -> int:
+    """Peak Python allocation while ``read_nifti(path)`` fails with a DataError matching ``match``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=match):
+            brats.read_nifti(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_damaged_gzip_size_trailer_is_a_data_error_without_a_big_allocation(case_copy):
     """Issue 12, defect 11: the trailer's ISIZE sized the output buffer: ~4 GiB for a damaged one."""
     path = case_copy.path("t1ce")
     raw = path.read_bytes()
     path.write_bytes(raw[:-4] + (2**32 - 7).to_bytes(4, "little"))
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match=r"t1ce\.nii\.gz: not a readable NIfTI.*incorrect length check"):
-            brats.read_nifti(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 * 2**20
+    assert _peak_bytes_of_failing_read(path, r"t1ce\.nii\.gz: not a readable NIfTI.*incorrect length check") < 64 * 2**20
 
 
 def test_header_declaring_more_voxels_than_the_file_holds(case_copy):
@@ -123,14 +127,8 @@ def test_header_declaring_more_voxels_than_the_file_holds(case_copy):
     header = image.header.copy()
     header.set_data_shape((3000, 3000, 3000))
     path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + gzip.decompress(path.read_bytes())[352:]))
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match=r"declares \(3000, 3000, 3000\) voxels of int16, 54,000,000,\d+ bytes"):
-            brats.read_nifti(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 * 2**20
+    expected = r"declares \(3000, 3000, 3000\) voxels of int16, 54,000,000,\d+ bytes"
+    assert _peak_bytes_of_failing_read(path, expected) < 64 * 2**20
 
 
 def test_uncompressed_and_multi_member_gzip_files_load(case_copy):
