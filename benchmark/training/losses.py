@@ -141,9 +141,9 @@ def gradient_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
 def anchor_loss(fused: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """Physical reconstruction anchor (3.5.2): MSE(F, P) to the deterministic physical prior P.
 
-    P must live in the fused image's domain: Fuse4Seg's F is min-max normalised per image, so its P is the
-    per-image min-max of the average (A + B) / 2 (``JointMethod.prior``). An anchor F cannot reach (the raw average
-    of a dim slice) rewards the leader for planting extreme pixels that defeat the normalisation.
+    P must live in the fused image's domain (``JointMethod.prior``): the plain average (A + B) / 2 for a sigmoid
+    output, its per-image min-max for a min-max normalised one. An anchor F cannot reach (the raw average of a dim
+    slice under min-max) rewards the leader for planting extreme pixels that defeat the normalisation.
     """
     return F.mse_loss(fused, prior)
 
