@@ -116,7 +116,7 @@ WRITER = textwrap.dedent("""
     def write(tmp):
         tmp.write_bytes(b"half")
         print("writing", flush=True)
-        # Short sleeps, as a writer's loop: a signal the kernel hands to another thread (torch's) does not
+        # Short sleeps, as a writer's loop: a signal the kernel hands to another thread of the child does not
         # interrupt a long sleep of the main thread, whose handler then runs only when that sleep ends.
         for _ in range(600):
             time.sleep(0.1)
