@@ -28,8 +28,8 @@ the synthetic default, ``workflows/config/default.yaml``, seed 0, and its Harvar
   test mean Dice 0.03, on the plain average 0.23. ``prior`` follows the leader's output domain.
 - Loss weights (the paper's lambda_1..3 were lost from its text): w_dec = 2 (CDDFuse's), w_grad = 0.25,
   w_mse = 10, w_seg = 1. The Sobel target max(|grad A|, |grad B|) and the anchor's (A + B) / 2 disagree wherever
-  one source has an edge the other lacks: the gradient term pulls whole regions toward the brighter source's
-  contrast (on real MRI-SPECT, toward the MRI), which raises SSIM(A, F) and lowers SSIM(B, F). With CDDFuse's
+  one source has an edge the other lacks: the gradient term pulls whole regions toward the source with the
+  stronger edge (on real MRI-SPECT, the MRI), which raises SSIM(A, F) and lowers SSIM(B, F). With CDDFuse's
   w_grad = 10 the Sobel term dominated the leader's gradient (share 0.6-0.9) on the synthetic default: the leader
   stayed contrast-inverted after pre-training and the follower collapsed in stage 2 (validation Dice 0.21 ->
   0.00). With w_grad = 1 the fused images of the real sample's MRI-SPECT validation split (51 pairs, seeds 0-2,
