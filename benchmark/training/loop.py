@@ -126,15 +126,10 @@ def clip_and_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float | 
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    parameters = [p for p in parameters if p.grad is not None]
-    if grad_clip:
-        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-    elif scaler is None and parameters:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
-    else:
-        norm = None
-    if scaler is None and norm is not None:
-        raise_if_nonfinite(norm, loss)
+    if grad_clip or scaler is None:  # without clipping, a bound of inf only measures the norm
+        norm = torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], grad_clip or math.inf)
+        if scaler is None:
+            raise_if_nonfinite(norm, loss)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
